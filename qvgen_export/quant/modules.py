@@ -1,0 +1,178 @@
+"""Fake-quantized modules (QAT / PTQ / PyTorch reference inference) and model wrapping.
+
+``QuantizedWan`` wraps a ``WanTransformer3DModel`` whose selected ``nn.Linear`` layers were
+replaced by :class:`QuantLinear`. Its ``forward`` keeps diffusers' transformer call signature and
+computes the timestep group once per call (``functional.timestep_group``); every
+``QuantLinear`` reads it from the shared :class:`QuantContext`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qvgen_export.quant import functional as QF
+from qvgen_export.quant.config import QuantConfig
+
+
+class QuantContext:
+    """Per-call state shared by the quantized linears of one model: the timestep groups ``[B]``."""
+
+    def __init__(self) -> None:
+        self.group: torch.Tensor | None = None
+
+
+class QuantLinear(nn.Module):
+    """``y = Qa(x) @ Qw(W)^T + b`` with STE fake quantization (see ``functional``).
+
+    Parameters: ``weight [N, K]`` (latent float weight), ``bias [N]``, ``w_scale``/``w_zero``
+    ``[N, G]`` (LSQ+ scale and float zero point), ``clip_lower``/``clip_upper`` ``[T]`` logits of
+    the activation clip factors per timestep group. ``weight_delta`` is an optional callable
+    returning a float ``[N, K]`` correction added to ``Qw(W)`` (the trainer's Phi); it is never
+    part of a checkpoint.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        config: QuantConfig,
+        ctx: QuantContext,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.config = config
+        g = config.weight_groups(in_features)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self.w_scale = nn.Parameter(torch.ones(out_features, g))
+        self.w_zero = nn.Parameter(torch.zeros(out_features, g))
+        logit = math.log(config.act_clip_init / (1.0 - config.act_clip_init))
+        self.clip_lower = nn.Parameter(torch.full((config.timestep_groups,), logit))
+        self.clip_upper = nn.Parameter(torch.full((config.timestep_groups,), logit))
+        # Plain attributes, not submodules: the context is shared, and the delta belongs to the
+        # trainer, so neither may appear in state_dict.
+        object.__setattr__(self, "ctx", ctx)
+        self.weight_delta: Any = None
+        self.lsq_grad_scaling = False
+        if config.weight_symmetric:
+            self.w_zero.requires_grad_(False)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: QuantConfig, ctx: QuantContext, init: bool = True) -> QuantLinear:
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, config, ctx)
+        with torch.no_grad():
+            q.weight.copy_(linear.weight.detach().float())
+            if linear.bias is not None and q.bias is not None:
+                q.bias.copy_(linear.bias.detach().float())
+        if init:
+            from qvgen_export.quant.ptq import init_weight_quantizer
+
+            init_weight_quantizer(q)
+        return q
+
+    # -- pieces ------------------------------------------------------------------------------
+    def quant_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        s, z = self.w_scale, self.w_zero
+        if self.lsq_grad_scaling and self.training:
+            f = QF.lsq_grad_factor(self.in_features, self.config.weight_bits)
+            s, z = QF.grad_scale(s, f), QF.grad_scale(z, f)
+        return s, z
+
+    def quantized_weight(self) -> torch.Tensor:
+        s, z = self.quant_params()
+        return QF.fake_quant_weight(self.weight, s, z, self.config.weight_qmax)
+
+    def codes(self) -> torch.Tensor:
+        """Integer weight codes ``[N, K]`` (uint8) as the checkpoint stores them."""
+        with torch.no_grad():
+            return QF.weight_codes(self.weight, self.w_scale, self.w_zero, self.config.weight_qmax).to(torch.uint8)
+
+    def act_clip(self) -> tuple[torch.Tensor, torch.Tensor]:
+        group = self.ctx.group
+        if group is None:
+            raise RuntimeError("QuantLinear called without a timestep group: call the model through QuantizedWan")
+        return QF.clip_factors(self.clip_lower, self.clip_upper, group, self.config.act_clip_base)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.act_clip()
+        xq = QF.fake_quant_act(x.float(), lo, hi, self.config.act_qmax)
+        w = self.quantized_weight()
+        if self.weight_delta is not None:
+            w = w + self.weight_delta()
+        return F.linear(xq, w, self.bias).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {self.config.name}"
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def quantizable_linears(model: nn.Module, config: QuantConfig) -> list[str]:
+    """Names of the ``nn.Linear`` modules of ``model`` that ``config`` selects, in module order."""
+    return [n for n, m in model.named_modules() if type(m) is nn.Linear and config.selects(n)]
+
+
+class QuantizedWan(nn.Module):
+    """A quantized Wan transformer with diffusers' ``WanTransformer3DModel`` call signature."""
+
+    def __init__(self, transformer: nn.Module, config: QuantConfig, ctx: QuantContext | None = None) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.qconfig = config
+        object.__setattr__(self, "ctx", ctx or QuantContext())
+
+    @classmethod
+    def from_float(cls, transformer: nn.Module, config: QuantConfig, init: bool = True) -> QuantizedWan:
+        """Replace the selected linears of ``transformer`` (in place) by ``QuantLinear``."""
+        ctx = QuantContext()
+        names = quantizable_linears(transformer, config)
+        if not names:
+            raise ValueError("the quantization config selects no nn.Linear of the model")
+        for name in names:
+            lin = transformer.get_submodule(name)
+            assert isinstance(lin, nn.Linear)
+            _set_submodule(transformer, name, QuantLinear.from_linear(lin, config, ctx, init=init))
+        return cls(transformer, config, ctx)
+
+    @property
+    def config(self) -> Any:
+        # diffusers pipelines read transformer.config (e.g. in_channels, patch_size).
+        return self.transformer.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    def quant_linears(self) -> dict[str, QuantLinear]:
+        return {n: m for n, m in self.transformer.named_modules() if isinstance(m, QuantLinear)}
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        return_dict: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        self.ctx.group = QF.timestep_group(timestep, self.qconfig.timestep_groups, self.qconfig.num_train_timesteps)
+        try:
+            return self.transformer(
+                hidden_states=hidden_states,
+                timestep=timestep,
+                encoder_hidden_states=encoder_hidden_states,
+                return_dict=return_dict,
+                **kwargs,
+            )
+        finally:
+            self.ctx.group = None

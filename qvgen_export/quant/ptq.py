@@ -1,0 +1,129 @@
+"""Post-training quantization with the QVGen initialisation.
+
+Weights: per row (or row group), search a shrink factor ``p in {1.00, 0.99, ..., 0.21}`` of the
+range and keep the one minimising ``sum |Qw(w) - w|^2.4``. Activations: clip logits start at
+``logit(act_clip_init)``; with calibration batches, each layer's clip factor is refined per
+timestep group on a small grid by output MSE against the float layer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from qvgen_export.quant import functional as QF
+from qvgen_export.quant.config import QuantConfig
+from qvgen_export.quant.modules import QuantizedWan, QuantLinear
+
+SHRINK_GRID = torch.arange(100, 20, -1, dtype=torch.float64) / 100.0  # 1.00 .. 0.21
+MSE_POWER = 2.4
+CLIP_GRID = (1.0, 0.975, 0.95, 0.9, 0.85, 0.8, 0.7)
+
+
+def _scale_zero(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    qmax = config.weight_qmax
+    if config.weight_symmetric:
+        half = 2 ** (config.weight_bits - 1)
+        s = torch.maximum(hi.abs(), lo.abs()) / max(half - 1, 1)
+        return s.clamp(min=1e-12), torch.full_like(s, float(half))
+    s = ((hi - lo) / qmax).clamp(min=1e-12)
+    return s, -lo / s
+
+
+@torch.no_grad()
+def mse_search_weight(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row (group) scale and float zero point ``[N, G]`` minimising ``|Qw(w) - w|^2.4``."""
+    n, k = w.shape
+    g = config.weight_groups(k)
+    wg = w.detach().float().reshape(n, g, k // g)  # [N, G, group]
+    wmin = wg.amin(dim=-1).clamp(max=0.0)
+    wmax = wg.amax(dim=-1).clamp(min=0.0)
+    best_err = torch.full((n, g), float("inf"))
+    best_s = torch.ones(n, g)
+    best_z = torch.zeros(n, g)
+    qmax = config.weight_qmax
+    for p in SHRINK_GRID.tolist():
+        s, z = _scale_zero(wmin * p, wmax * p, config)
+        q = torch.clamp(torch.round(wg / s[..., None] + z[..., None]), 0, qmax)
+        err = ((q * s[..., None] - (z * s)[..., None]) - wg).abs().pow(MSE_POWER).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_s = torch.where(better, s, best_s)
+        best_z = torch.where(better, z, best_z)
+    return best_s, best_z
+
+
+def init_weight_quantizer(q: QuantLinear) -> None:
+    s, z = mse_search_weight(q.weight, q.config)
+    with torch.no_grad():
+        q.w_scale.copy_(s)
+        q.w_zero.copy_(z)
+
+
+@torch.no_grad()
+def calibrate_act_clips(model: QuantizedWan, calib_batches: Iterable[dict[str, torch.Tensor]], progress: bool = True) -> None:
+    """Pick each layer's activation clip factor per timestep group from ``CLIP_GRID``.
+
+    Each batch is a dict with ``hidden_states``, ``timestep`` and ``encoder_hidden_states``.
+    A layer's candidates are scored by the MSE between its quantized output and the float
+    output ``x @ W^T + b`` on the inputs it sees in the calibration run. Groups never seen keep
+    their initial value.
+    """
+    layers = model.quant_linears()
+    # err[name][group][clip] accumulated over batches
+    errs: dict[str, dict[int, torch.Tensor]] = {n: defaultdict(lambda: torch.zeros(len(CLIP_GRID))) for n in layers}
+    handles = []
+
+    def make_hook(name: str, layer: QuantLinear) -> Any:
+        def hook(mod: QuantLinear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            x = inputs[0].float()
+            groups = mod.ctx.group
+            assert groups is not None
+            ref = nn.functional.linear(x, mod.weight, mod.bias)
+            w = mod.quantized_weight()
+            for gi in groups.unique().tolist():
+                sel = groups == gi
+                xs, rs = x[sel], ref[sel]
+                for ci, c in enumerate(CLIP_GRID):
+                    f = torch.full((xs.shape[0],), c * mod.config.act_clip_base)
+                    y = nn.functional.linear(QF.fake_quant_act(xs, f, f, mod.config.act_qmax), w, mod.bias)
+                    errs[name][gi][ci] += (y - rs).pow(2).mean()
+
+        return hook
+
+    for name, layer in layers.items():
+        handles.append(layer.register_forward_hook(make_hook(name, layer)))
+    try:
+        for batch in tqdm(list(calib_batches), desc="calibrating activation clips", disable=not progress):
+            model(batch["hidden_states"], batch["timestep"], batch["encoder_hidden_states"], return_dict=False)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, layer in layers.items():
+        for gi, e in errs[name].items():
+            c = CLIP_GRID[int(torch.argmin(e))]
+            logit = torch.logit(torch.tensor(min(c, 1.0 - 1e-4)))
+            layer.clip_lower.data[gi] = logit
+            layer.clip_upper.data[gi] = logit
+
+
+def ptq_quantize(
+    model: nn.Module,
+    config: QuantConfig,
+    calib_batches: Iterable[dict[str, torch.Tensor]] | None = None,
+    progress: bool = True,
+) -> QuantizedWan:
+    """Quantize a float ``WanTransformer3DModel`` (modified in place) and return the wrapper.
+
+    Without ``calib_batches`` this is QVGen's initialisation exactly (MSE weight ranges, initial
+    activation clip); with them, activation clips are also calibrated (``calibrate_act_clips``).
+    """
+    qmodel = QuantizedWan.from_float(model, config, init=True)
+    if calib_batches is not None:
+        calibrate_act_clips(qmodel, calib_batches, progress=progress)
+    return qmodel.eval()
