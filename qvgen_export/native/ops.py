@@ -1,0 +1,333 @@
+"""PyTorch entry points of the native W4A4 kernels, and the ``qvgen::w4a4_linear`` custom op.
+
+Notations
+---------
+- ``x``: activations ``[..., K]`` (float32 / float16 / bfloat16); ``M`` = number of tokens.
+- ``qx``/``qw``: packed 4-bit codes, uint8 ``[rows, ldq]`` with ``ldq = packed_row_bytes(K)``
+  (``ceil(K/2)`` rounded up to 16 bytes); byte ``j`` = code ``2j`` (low nibble) | code ``2j+1``
+  (high nibble), as the checkpoint (``quant/packing.py``) but with rows zero-padded to 16 bytes,
+  which the CUDA kernels need for aligned 16-byte loads.
+- ``x_scale [M]`` float32, ``x_zero [M]`` int32, ``x_sum [M]`` int32 (sum of a token's codes);
+  ``w_scale``/``w_zero [N]`` float32 (float zero point), ``w_sum [N]`` int32; ``bias [N]`` float32.
+- ``clip_lo``/``clip_hi``: per-sample clip factors ``[B]`` float32 (``functional.clip_factors``);
+  token ``m`` belongs to sample ``m // (M // B)``.
+
+CPU tensors go to the C++ reference library, CUDA tensors to the CUDA library (through ctypes,
+with ``data_ptr()`` and the current stream); both produce the same bits.
+"""
+
+import os
+import warnings
+from typing import Optional
+
+import torch
+
+from qvgen_export.native import _lib
+from qvgen_export.native._lib import DTYPE_BF16, DTYPE_F16, DTYPE_F32, DTYPE_I32
+
+_X_DTYPES = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}
+_Y_DTYPES = {**_X_DTYPES, torch.int32: DTYPE_I32}
+_PATHS = {"auto": _lib.PATH_AUTO, "mma_u4": _lib.PATH_MMA_U4, "imma_u8": _lib.PATH_IMMA_U8, "simt": _lib.PATH_SIMT}
+
+
+def packed_row_bytes(k: int) -> int:
+    """Row stride (bytes) of packed codes for the kernels: ``ceil(K/2)`` rounded up to 16."""
+    return ((k + 1) // 2 + 15) // 16 * 16
+
+
+def repack_for_kernel(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """Checkpoint packing ``[N, ceil(K/2)]`` uint8 -> kernel packing ``[N, packed_row_bytes(K)]``.
+
+    Same nibble order; only the rows are zero-padded to a multiple of 16 bytes (a no-op copy
+    when ``K % 32 == 0``, e.g. every Wan linear).
+    """
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(f"packed codes must be a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
+    kb = (k + 1) // 2
+    if packed.shape[1] != kb:
+        raise ValueError(f"packed codes have {packed.shape[1]} bytes per row, expected ceil(K/2)={kb} for K={k}")
+    ld = packed_row_bytes(k)
+    out = torch.zeros(packed.shape[0], ld, dtype=torch.uint8, device=packed.device)
+    out[:, :kb] = packed
+    return out
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _require(t: torch.Tensor, name: str, dtype: torch.dtype, shape: tuple[int, ...], device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+_cuda_paths: dict[int, int] = {}
+
+
+def cuda_gemm_path(device: torch.device) -> int:
+    """The GEMM path used on ``device``: ``$QVGEN_GEMM_PATH`` (auto, mma_u4, imma_u8, simt), default auto.
+
+    ``auto`` runs the library's on-device self-test once per device (tensor-core path versus the
+    plain SIMT kernel on awkward shapes); should it ever mismatch, the SIMT kernel is used
+    instead, with a warning, so that a wrong fragment layout can never give silently wrong
+    outputs. ``QVGEN_GEMM_SELFTEST=0`` skips the check.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index in _cuda_paths:
+        return _cuda_paths[index]
+    name = os.environ.get("QVGEN_GEMM_PATH", "auto").lower()
+    if name not in _PATHS:
+        raise ValueError(f"QVGEN_GEMM_PATH={name!r}; expected one of {sorted(_PATHS)}")
+    lib = _lib.cuda_library()
+    path = _PATHS[name]
+    with torch.cuda.device(index):
+        if path == _lib.PATH_AUTO and os.environ.get("QVGEN_GEMM_SELFTEST", "1") != "0":
+            bad = _lib.ctypes.c_int64(0)
+            _lib.check(lib, "qvgen_cuda", "selftest", lib.qvgen_cuda_selftest(path, _stream(device), bad))
+            if bad.value:
+                warnings.warn(
+                    f"qvgen W4A4 tensor-core GEMM failed its self-test on cuda:{index} ({bad.value} mismatching "
+                    "outputs); falling back to the slow SIMT kernel. Please report this.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                path = _lib.PATH_SIMT
+        resolved = _lib.ctypes.c_int(0)
+        _lib.check(lib, "qvgen_cuda", "resolve_path", lib.qvgen_cuda_resolve_path(path, resolved))
+    _cuda_paths[index] = resolved.value
+    return resolved.value
+
+
+def act_quant(
+    x: torch.Tensor, clip_lo: torch.Tensor, clip_hi: torch.Tensor, bits: int, tokens_per_sample: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token dynamic quantization of ``x [M, K]`` to packed ``bits``-bit codes.
+
+    Returns ``(qx [M, ldq] uint8, scale [M] float32, zero [M] int32, code_sum [M] int32)``.
+    ``tokens_per_sample`` defaults to ``M // B`` with ``B = clip_lo.numel()``.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must be 2-D [M, K], got shape {tuple(x.shape)}")
+    if x.dtype not in _X_DTYPES:
+        raise TypeError(f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    if not isinstance(bits, int) or not 2 <= bits <= 4:
+        raise ValueError(f"bits must be 2, 3 or 4 (4-bit containers), got {bits!r}")
+    m, k = x.shape
+    if x.stride(1) != 1 or (m > 1 and x.stride(0) < k):
+        x = x.contiguous()
+    b = clip_lo.numel()
+    _require(clip_lo, "clip_lo", torch.float32, (b,), x.device)
+    _require(clip_hi, "clip_hi", torch.float32, (b,), x.device)
+    if b < 1:
+        raise ValueError("clip_lo must hold at least one factor")
+    if tokens_per_sample is None:
+        if m % b:
+            raise ValueError(f"{m} tokens cannot be split evenly over {b} samples")
+        tokens_per_sample = max(m // b, 1)
+    if tokens_per_sample < 1 or (m and (m - 1) // tokens_per_sample >= b):
+        raise ValueError(f"tokens_per_sample={tokens_per_sample} needs more than {b} clip factors for {m} tokens")
+    ldq = packed_row_bytes(k)
+    dev = x.device
+    qx = torch.empty(m, ldq, dtype=torch.uint8, device=dev)
+    scale = torch.empty(m, dtype=torch.float32, device=dev)
+    zero = torch.empty(m, dtype=torch.int32, device=dev)
+    code_sum = torch.empty(m, dtype=torch.int32, device=dev)
+    ldx = x.stride(0) if m > 1 else k
+    args = (
+        x.data_ptr(),
+        _X_DTYPES[x.dtype],
+        m,
+        k,
+        ldx,
+        clip_lo.data_ptr(),
+        clip_hi.data_ptr(),
+        tokens_per_sample,
+        bits,
+        qx.data_ptr(),
+        ldq,
+        scale.data_ptr(),
+        zero.data_ptr(),
+        code_sum.data_ptr(),
+    )
+    if dev.type == "cpu":
+        lib = _lib.reference_library()
+        _lib.check(lib, "qvgen_ref", "act_quant", lib.qvgen_ref_act_quant(*args))
+    elif dev.type == "cuda":
+        lib = _lib.cuda_library()
+        with torch.cuda.device(dev):
+            _lib.check(lib, "qvgen_cuda", "act_quant", lib.qvgen_cuda_act_quant(*args, _stream(dev)))
+    else:
+        raise ValueError(f"unsupported device {dev}")
+    return qx, scale, zero, code_sum
+
+
+def code_sums(qw: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N] int32`` sums of the codes of each packed row ``qw [N, ld]`` over ``k < K``."""
+    if qw.dtype != torch.uint8 or qw.dim() != 2 or not qw.is_contiguous():
+        raise ValueError(f"qw must be a contiguous 2-D uint8 tensor, got {qw.dtype} {tuple(qw.shape)}")
+    n, ld = qw.shape
+    out = torch.empty(n, dtype=torch.int32, device=qw.device)
+    if qw.device.type == "cpu":
+        lib = _lib.reference_library()
+        _lib.check(lib, "qvgen_ref", "code_sums", lib.qvgen_ref_code_sums(qw.data_ptr(), ld, n, k, out.data_ptr()))
+    else:
+        lib = _lib.cuda_library()
+        with torch.cuda.device(qw.device):
+            status = lib.qvgen_cuda_code_sums(qw.data_ptr(), ld, n, k, out.data_ptr(), _stream(qw.device))
+            _lib.check(lib, "qvgen_cuda", "code_sums", status)
+    return out
+
+
+def gemm(
+    qx: torch.Tensor,
+    x_scale: Optional[torch.Tensor],
+    x_zero: Optional[torch.Tensor],
+    x_sum: Optional[torch.Tensor],
+    qw: torch.Tensor,
+    w_scale: Optional[torch.Tensor],
+    w_zero: Optional[torch.Tensor],
+    w_sum: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    k: int,
+    out_dtype: torch.dtype = torch.float32,
+    path: Optional[str] = None,
+) -> torch.Tensor:
+    """``y [M, N]`` = W4A4 GEMM + zero-point epilogue (see plugins/kernels/include/qvgen/w4a4_types.h).
+
+    ``out_dtype=torch.int32`` returns the raw integer accumulator ``sum_k qx*qw`` (scales, zeros,
+    sums and bias are then ignored and may be None). ``path`` (CUDA only) forces a GEMM path by
+    name; default: :func:`cuda_gemm_path`.
+    """
+    if out_dtype not in _Y_DTYPES:
+        raise TypeError(f"out_dtype must be one of {list(_Y_DTYPES)}, got {out_dtype}")
+    dev = qx.device
+    for name, t in (("qx", qx), ("qw", qw)):
+        if t.dtype != torch.uint8 or t.dim() != 2 or not t.is_contiguous() or t.device != dev:
+            raise ValueError(f"{name} must be a contiguous 2-D uint8 tensor on {dev}")
+    m, n = qx.shape[0], qw.shape[0]
+    raw = out_dtype == torch.int32
+    if not raw:
+        for name, t, rows, dt in (
+            ("x_scale", x_scale, m, torch.float32),
+            ("x_zero", x_zero, m, torch.int32),
+            ("x_sum", x_sum, m, torch.int32),
+            ("w_scale", w_scale, n, torch.float32),
+            ("w_zero", w_zero, n, torch.float32),
+            ("w_sum", w_sum, n, torch.int32),
+        ):
+            if t is None:
+                raise ValueError(f"{name} is required unless out_dtype is torch.int32")
+            _require(t, name, dt, (rows,), dev)
+        if bias is not None:
+            _require(bias, "bias", torch.float32, (n,), dev)
+    y = torch.empty(m, n, dtype=out_dtype, device=dev)
+    args = (
+        qx.data_ptr(),
+        qx.shape[1],
+        _ptr(x_scale),
+        _ptr(x_zero),
+        _ptr(x_sum),
+        qw.data_ptr(),
+        qw.shape[1],
+        _ptr(w_scale),
+        _ptr(w_zero),
+        _ptr(w_sum),
+        None if raw else _ptr(bias),
+        m,
+        n,
+        k,
+        y.data_ptr(),
+        _Y_DTYPES[out_dtype],
+        n,
+    )
+    if dev.type == "cpu":
+        lib = _lib.reference_library()
+        _lib.check(lib, "qvgen_ref", "gemm", lib.qvgen_ref_gemm(*args))
+    elif dev.type == "cuda":
+        lib = _lib.cuda_library()
+        if path is None:
+            p = cuda_gemm_path(dev)
+        elif path in _PATHS:
+            p = _PATHS[path]
+        else:
+            raise ValueError(f"path must be one of {sorted(_PATHS)}, got {path!r}")
+        with torch.cuda.device(dev):
+            _lib.check(lib, "qvgen_cuda", "gemm", lib.qvgen_cuda_gemm(*args, p, _stream(dev)))
+    else:
+        raise ValueError(f"unsupported device {dev}")
+    return y
+
+
+def tokens_per_sample(num_tokens: int, num_samples: int) -> int:
+    """Token -> sample mapping of ``functional._per_sample``: ``B`` equal blocks of tokens."""
+    if num_samples == 1:
+        return max(num_tokens, 1)
+    if num_samples < 1 or num_tokens % num_samples:
+        raise ValueError(f"{num_tokens} tokens cannot be split evenly over {num_samples} samples")
+    return max(num_tokens // num_samples, 1)
+
+
+@torch.library.custom_op("qvgen::w4a4_linear", mutates_args=(), device_types=("cpu", "cuda"))
+def w4a4_linear(
+    x: torch.Tensor,
+    clip_lo: torch.Tensor,
+    clip_hi: torch.Tensor,
+    qweight: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero: torch.Tensor,
+    w_sum: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    in_features: int,
+    act_bits: int,
+) -> torch.Tensor:
+    """W4A4 linear ``[..., K] -> [..., N]``: dynamic per-token activation quant + integer GEMM.
+
+    ``qweight [N, packed_row_bytes(K)]`` uint8; other arguments as in the module docstring.
+    The output has ``x``'s dtype (float32/float16/bfloat16 directly; other float dtypes compute
+    in float32 and are cast back, as ``QuantLinear`` does).
+    """
+    k = x.shape[-1]
+    if k != in_features:
+        raise ValueError(f"x has {k} features, the layer expects in_features={in_features}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if x2.dtype not in _X_DTYPES:
+        x2 = x2.float()
+    m = x2.shape[0]
+    n = qweight.shape[0]
+    if m == 0:
+        return x.new_empty((*lead, n))
+    clip_lo = clip_lo.reshape(-1)
+    clip_hi = clip_hi.reshape(-1)
+    t = tokens_per_sample(m, clip_lo.numel())
+    qx, xs, xz, xsum = act_quant(x2, clip_lo, clip_hi, act_bits, t)
+    y = gemm(qx, xs, xz, xsum, qweight, w_scale, w_zero, w_sum, bias, k, out_dtype=x2.dtype)
+    return y.reshape(*lead, n).to(x.dtype)
+
+
+@w4a4_linear.register_fake
+def _w4a4_linear_fake(
+    x: torch.Tensor,
+    clip_lo: torch.Tensor,
+    clip_hi: torch.Tensor,
+    qweight: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero: torch.Tensor,
+    w_sum: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    in_features: int,
+    act_bits: int,
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
