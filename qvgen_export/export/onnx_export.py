@@ -1,0 +1,206 @@
+"""Lower a quantized Wan transformer to ONNX (opset 21) through ``torch.onnx.export(dynamo=True)``.
+
+Graph I/O (``B`` batch, ``F`` latent frames, ``H``/``W`` latent size, multiples of the patch,
+``L`` text tokens), all dynamic:
+    hidden_states [B, C_in, F, H, W] float32, timestep [B] float32,
+    encoder_hidden_states [B, L, text_dim] float32  ->  velocity [B, C_out, F, H, W] float32
+The timestep group of the activation clip tables is computed inside the graph with the same
+formula as PyTorch (``functional.timestep_group``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qvgen_export.export.modules import to_export_form  # also registers qvgen::quant_linear
+from qvgen_export.quant.modules import QuantizedWan
+
+OPSET = 21
+# ORT 1.31 reads IR version <= 13 and onnx 1.23 writes 14; 10 is what opset 21 requires.
+IR_VERSION = 10
+INPUT_NAMES = ("hidden_states", "timestep", "encoder_hidden_states")
+OUTPUT_NAMES = ("velocity",)
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers; protobuf's hard limit is 2 GiB
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+
+def _lowering(target: str) -> dict[Any, Callable[..., Any]]:
+    if target == "onnx":
+        from qvgen_export.export.qdq_lowering import quant_linear_qdq
+
+        return {torch.ops.qvgen.quant_linear.default: quant_linear_qdq}
+    if target == "float":
+        return {}
+    raise ValueError(f"unknown export target {target!r}")
+
+
+class _Positional(nn.Module):
+    """Positional-only forward returning the velocity tensor (what the exporter traces)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.model(hidden_states, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+@dataclass(frozen=True)
+class ExampleShapes:
+    batch: int = 2
+    frames: int = 2
+    height: int = 0  # 0: two patches
+    width: int = 0
+    text_len: int = 8
+
+
+def example_inputs(config: Any, shapes: ExampleShapes = ExampleShapes()) -> tuple[torch.Tensor, ...]:
+    """Small random inputs with the model's channel counts (tracing only needs shapes)."""
+    _, ph, pw = tuple(config.patch_size)
+    h = shapes.height or 2 * ph
+    w = shapes.width or 2 * pw
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shapes.batch, config.in_channels, shapes.frames, h, w, generator=g)
+    t = torch.linspace(900.0, 100.0, shapes.batch)
+    e = torch.randn(shapes.batch, shapes.text_len, config.text_dim, generator=g)
+    return x, t, e
+
+
+def dynamic_shapes(config: Any) -> dict[str, dict[int, Any]]:
+    _, ph, pw = tuple(config.patch_size)
+    d = torch.export.Dim
+    batch, frames, text = d("batch", min=1, max=1024), d("frames", min=1, max=1024), d("text_len", min=1, max=4096)
+    hp, wp = d("h_patches", min=1, max=1024), d("w_patches", min=1, max=1024)
+    return {
+        "hidden_states": {0: batch, 2: frames, 3: ph * hp, 4: pw * wp},
+        "timestep": {0: batch},
+        "encoder_hidden_states": {0: batch, 1: text},
+    }
+
+
+def _fold_int4_casts(model: Any) -> int:
+    """Turn ``Cast(uint8 initializer -> UINT4)`` into a true UINT4 initializer; returns count."""
+    import ml_dtypes
+    import onnx_ir as ir
+
+    graph = model.graph
+    folded = 0
+    for node in list(graph):
+        if node.op_type != "Cast" or node.domain not in ("", "ai.onnx"):
+            continue
+        to = node.attributes.get("to")
+        src = node.inputs[0]
+        if to is None or to.as_int() != ir.DataType.UINT4 or src is None or src.const_value is None:
+            continue
+        codes = src.const_value.numpy()
+        new = ir.Value(name=src.name + "_u4", const_value=ir.tensor(codes.astype(ml_dtypes.uint4), name=src.name + "_u4"))
+        new.type = ir.TensorType(ir.DataType.UINT4)
+        new.shape = src.shape
+        graph.register_initializer(new)
+        node.outputs[0].replace_all_uses_with(new)
+        graph.remove(node, safe=True)
+        if not src.uses():
+            del graph.initializers[src.name]
+        folded += 1
+    return folded
+
+
+def _initializer_bytes(model: Any) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    data_path: Path | None
+    seconds: float
+    num_quant_nodes: int
+    num_int4_initializers: int
+    inputs: dict[str, list[Any]]
+    outputs: dict[str, list[Any]]
+
+
+def _shape_list(value: Any) -> list[Any]:
+    return [d if isinstance(d, int) else str(d) for d in value.shape] if value.shape is not None else []
+
+
+def export_onnx(model: nn.Module, out_dir: Path, target: str = "onnx", check: bool = True) -> ExportResult:
+    """Export ``model`` into ``out_dir`` (which must exist and be empty; see ``pipeline``).
+
+    ``model`` is a :class:`QuantizedWan` for ``target='onnx'`` (it is deep-copied, then frozen to
+    its export form) or a float ``WanTransformer3DModel`` for ``target='float'``.
+    """
+    import onnx
+    import onnx_ir as ir
+
+    t0 = time.perf_counter()
+    if isinstance(model, QuantizedWan):
+        if target == "float":
+            raise ValueError("target 'float' takes a float model, not a quantized one")
+        exported: nn.Module = to_export_form(copy.deepcopy(model))
+        config = model.config
+    else:
+        if target != "float":
+            raise ValueError(f"target {target!r} needs a quantized model")
+        exported, config = model, model.config
+    args = example_inputs(config)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            _Positional(exported).eval(),
+            args,
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=dynamic_shapes(config),
+            custom_translation_table=_lowering(target),
+            verbose=False,
+        )
+    ir_model = program.model
+    folded = _fold_int4_casts(ir_model)
+    # The exporter annotates every node with Python stack traces and class paths; they make up
+    # most of a small file's bytes and leak local paths, so drop them.
+    for node in ir_model.graph:
+        node.metadata_props.clear()
+    ir_model.ir_version = IR_VERSION
+    ir_model.producer_name = "qvgen-export"
+    onnx_path = out_dir / MODEL_FILE
+    data_path: Path | None = None
+    if _initializer_bytes(ir_model) > EXTERNAL_DATA_THRESHOLD:
+        data_path = out_dir / DATA_FILE
+        ir.save(ir_model, onnx_path, external_data=DATA_FILE)
+    else:
+        ir.save(ir_model, onnx_path)
+    if check:
+        # full_check runs strict shape inference too; by path so external data is fine.
+        onnx.checker.check_model(str(onnx_path), full_check=True)
+    quant_nodes = sum(1 for n in ir_model.graph if n.op_type == "QuantizeLinear")
+    return ExportResult(
+        onnx_path=onnx_path,
+        data_path=data_path,
+        seconds=time.perf_counter() - t0,
+        num_quant_nodes=quant_nodes,
+        num_int4_initializers=folded,
+        inputs={v.name: _shape_list(v) for v in ir_model.graph.inputs},
+        outputs={v.name: _shape_list(v) for v in ir_model.graph.outputs},
+    )
+
+
+def onnx_runtime_inputs(x: torch.Tensor, t: torch.Tensor, e: torch.Tensor) -> dict[str, np.ndarray]:
+    return {
+        "hidden_states": x.detach().float().numpy(),
+        "timestep": t.detach().float().reshape(-1).numpy(),
+        "encoder_hidden_states": e.detach().float().numpy(),
+    }

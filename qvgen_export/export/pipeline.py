@@ -1,0 +1,57 @@
+"""``checkpoint -> exported folder``: validation, lowering, manifest, all-or-nothing write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qvgen_export.checkpoint import load_quantized_model
+from qvgen_export.export.manifest import sha256_file, write_manifest
+from qvgen_export.export.onnx_export import IR_VERSION, OPSET, export_onnx
+from qvgen_export.utils.atomic import atomic_dir, ensure_writable_dir
+
+TARGETS = ("onnx", "trt")
+EXPORT_FORMAT = "qvgen-export/onnx-export"
+# Exact ONNX Runtime numerics need this session option (see docs/onnx-export.md).
+ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
+
+
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path, target: str = "onnx", overwrite: bool = False) -> dict[str, Any]:
+    """Export a quantized checkpoint to ``out_dir``; returns the manifest fields written.
+
+    Raises ``CheckpointError`` for a bad checkpoint, ``ValueError`` for a bad target,
+    ``FileExistsError``/``PermissionError`` for an unusable output folder. On any failure no
+    ``out_dir`` is left behind (or the previous one is kept intact).
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    if target == "trt":
+        raise NotImplementedError(
+            "target 'trt' (custom INT4 GEMM plugin nodes and TensorRT engines) is not available in this version"
+        )
+    out_dir = Path(out_dir)
+    ensure_writable_dir(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir}: already exists (use --overwrite to replace it)")
+    model, info = load_quantized_model(ckpt)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        result = export_onnx(model, tmp, target=target)
+        fields: dict[str, Any] = {
+            "format": EXPORT_FORMAT,
+            "target": target,
+            "opset": OPSET,
+            "ir_version": IR_VERSION,
+            "model_file": result.onnx_path.name,
+            "external_data": result.data_path.name if result.data_path else None,
+            "model_class": info.model_class,
+            "model_config": info.model_config,
+            "quant_config": info.quant_config.to_dict(),
+            "num_quantized_linears": len(info.layers),
+            "source_checkpoint": {"name": Path(ckpt).name, "sha256": sha256_file(ckpt)},
+            "inputs": result.inputs,
+            "outputs": result.outputs,
+            "onnxruntime_session_config": ORT_SESSION_CONFIG,
+            "export_seconds": round(result.seconds, 2),
+        }
+        write_manifest(tmp, fields)
+    return fields
