@@ -122,20 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     log = log_path.open("w")
 
     def save(step: int) -> dict:
-        training = dict(
-            steps=step,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            ema=args.ema,
-            caption_dropout=args.caption_dropout,
-            objective="flow_matching_velocity",
-            timestep_sampling="uniform sigma on 1000-point grid (shift 1.0)",
-            final_loss_ema=loss_avg,
-            wall_seconds=round(time.time() - t_start, 1),
-            parameters=n_params,
-            command="python -m trainer.teacher " + " ".join(argv if argv is not None else sys.argv[1:]),
-        )
+        training = {
+            "steps": step,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "ema": args.ema,
+            "caption_dropout": args.caption_dropout,
+            "objective": "flow_matching_velocity",
+            "timestep_sampling": "uniform sigma on 1000-point grid (shift 1.0)",
+            "final_loss_ema": loss_avg,
+            "wall_seconds": round(time.time() - t_start, 1),
+            "parameters": n_params,
+            "command": "python -m trainer.teacher " + " ".join(argv if argv is not None else sys.argv[1:]),
+        }
         return save_teacher(out, ema, te, video_cfg, DEFAULT_SAMPLING, training)
 
     bar = tqdm(range(args.steps), desc="teacher", dynamic_ncols=True)
@@ -162,12 +162,22 @@ def main(argv: list[str] | None = None) -> int:
         lv = float(loss)
         loss_avg = lv if loss_avg is None else 0.98 * loss_avg + 0.02 * lv
         bar.set_postfix(loss=f"{loss_avg:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
-        log.write(json.dumps(dict(step=step, loss=lv, loss_ema=loss_avg, grad_norm=float(gnorm), t=time.time() - t_start)) + "\n")
+        log.write(
+            json.dumps(
+                {"step": step, "loss": lv, "loss_ema": loss_avg, "grad_norm": float(gnorm), "t": time.time() - t_start}
+            )
+            + "\n"
+        )
         log.flush()
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             info = save(step + 1)
         if args.preview_every and (step + 1) % args.preview_every == 0:
-            preview(ema, te, info if (step + 1) % args.save_every == 0 else save(step + 1), out.with_name(f"{out.stem}_preview_{step + 1}.png"))
+            preview(
+                ema,
+                te,
+                info if (step + 1) % args.save_every == 0 else save(step + 1),
+                out.with_name(f"{out.stem}_preview_{step + 1}.png"),
+            )
     log.close()
     info = save(args.steps)
     preview(ema, te, info, out.with_name(f"{out.stem}_preview.png"))

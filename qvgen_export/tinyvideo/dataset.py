@@ -119,7 +119,9 @@ class ClipSpec:
         return render_prompt([o.prompt() for o in self.objects])
 
 
-def _place(rng: np.random.Generator, cfg: VideoConfig, size: float, speed: float, direction: str) -> tuple[float, float]:
+def _place(
+    rng: np.random.Generator, cfg: VideoConfig, size: float, speed: float, direction: str
+) -> tuple[float, float]:
     """A start center such that the object stays inside the frame (1 px margin) for the whole clip."""
     dx, dy = DIRECTIONS[direction]
     travel = speed * (cfg.frames - 1)
@@ -138,9 +140,7 @@ def _place(rng: np.random.Generator, cfg: VideoConfig, size: float, speed: float
 
 def _min_distance(a: ObjectTrack, b: ObjectTrack, frames: int) -> float:
     # Chebyshev distance: shapes are bounded by squares of half-extent `size`.
-    return min(
-        max(abs(a.center(f)[0] - b.center(f)[0]), abs(a.center(f)[1] - b.center(f)[1])) for f in range(frames)
-    )
+    return min(max(abs(a.center(f)[0] - b.center(f)[0]), abs(a.center(f)[1] - b.center(f)[1])) for f in range(frames))
 
 
 def sample_clip_spec(rng: np.random.Generator, cfg: VideoConfig, num_objects: int | None = None) -> ClipSpec:

@@ -31,23 +31,23 @@ ASSET_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny_teacher.s
 
 # The teacher's diffusers config: 4 blocks of width 128 (4 heads x 32), ~1.2M parameters.
 # 8 frames of 32x32 RGB with patch (1, 4, 4) -> 8*8*8 = 512 tokens per clip.
-TEACHER_CONFIG: dict[str, Any] = dict(
-    patch_size=[1, 4, 4],
-    num_attention_heads=4,
-    attention_head_dim=32,
-    in_channels=3,
-    out_channels=3,
-    text_dim=64,
-    freq_dim=64,
-    ffn_dim=512,
-    num_layers=4,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    rope_max_seq_len=64,
-)
+TEACHER_CONFIG: dict[str, Any] = {
+    "patch_size": [1, 4, 4],
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "text_dim": 64,
+    "freq_dim": 64,
+    "ffn_dim": 512,
+    "num_layers": 4,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "rope_max_seq_len": 64,
+}
 
-DEFAULT_SAMPLING: dict[str, Any] = dict(scheduler="unipc", shift=3.0, num_steps=20, guidance_scale=4.0)
+DEFAULT_SAMPLING: dict[str, Any] = {"scheduler": "unipc", "shift": 3.0, "num_steps": 20, "guidance_scale": 4.0}
 
 
 def save_teacher(
@@ -88,7 +88,9 @@ def read_teacher_info(path: str | Path) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a tiny-teacher file (metadata format={meta.get('format')!r}, expected {FORMAT!r})")
+        raise ValueError(
+            f"{path}: not a tiny-teacher file (metadata format={meta.get('format')!r}, expected {FORMAT!r})"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported tiny-teacher format_version {meta.get('format_version')!r}")
     return {k: v if k in ("format", "format_version") else json.loads(v) for k, v in meta.items()}

@@ -1,0 +1,130 @@
+"""``qvgen-eval``: sample a fixed prompt set from the float teacher and quantized models, and
+report what quantization costs (metrics, PSNR/SSIM vs float, per-timestep denoiser error).
+
+    qvgen-eval --ptq w8a8,w4a4,w3a3 --out artifacts/eval
+    qvgen-eval --checkpoint qvgen=runs/w4a4.safetensors --out artifacts/eval_qat
+
+Writes ``report.json``, ``report.md``, ``error_vs_timestep.png`` and a contact sheet per model
+(``samples_<model>.png``; with ``--gifs`` also one GIF per video) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+SCHEMES_HELP = "comma-separated PTQ schemes of the float teacher, e.g. w8a8,w4a4,w3a3"
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="qvgen-eval", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher", default=None, help="tiny-teacher .safetensors (default: the embedded one)")
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH", help="a quantized checkpoint")
+    ap.add_argument("--ptq", default="", help=SCHEMES_HELP)
+    ap.add_argument("--no-calib", action="store_true", help="PTQ without activation-clip calibration")
+    ap.add_argument("--prompts-file", default=None, help="one prompt per line (default: the built-in 12 prompts)")
+    ap.add_argument("--seeds", default="0,1", help="comma-separated sampling seeds")
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the teacher's setting)")
+    ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the teacher's setting)")
+    ap.add_argument("--out", default="artifacts/eval", help="output directory")
+    ap.add_argument("--gifs", action="store_true", help="also write one GIF per video")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap.parse_args(argv)
+
+
+def _build(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, Any]:
+    import torch
+
+    from qvgen_export.eval.harness import DEFAULT_PROMPTS, EvalSettings, calibration_batches
+    from qvgen_export.tinyvideo.teacher import latent_shape, load_teacher
+
+    teacher, te, info = load_teacher(args.teacher)
+    s = info["sampling"]
+    prompts = DEFAULT_PROMPTS
+    if args.prompts_file:
+        p = Path(args.prompts_file)
+        if not p.is_file():
+            raise ValueError(f"--prompts-file {p} does not exist")
+        prompts = tuple(line.strip() for line in p.read_text().splitlines() if line.strip())
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    settings = EvalSettings(
+        prompts=prompts,
+        seeds=seeds,
+        num_steps=args.steps if args.steps is not None else s["num_steps"],
+        guidance_scale=args.guidance if args.guidance is not None else s["guidance_scale"],
+        scheduler=s["scheduler"],
+        shift=s["shift"],
+    )
+    models: dict[str, Any] = {"float": teacher}
+    for item in args.checkpoint:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--checkpoint expects NAME=PATH, got {item!r}")
+        if name in models:
+            raise ValueError(f"--checkpoint name {name!r} is used twice")
+        from qvgen_export.checkpoint import load_quantized_model
+
+        models[name] = load_quantized_model(path)[0].eval()
+    schemes = [x.strip().lower() for x in args.ptq.split(",") if x.strip()]
+    if schemes:
+        from qvgen_export.quant.config import QuantConfig
+        from qvgen_export.quant.ptq import ptq_quantize
+
+        calib = None if args.no_calib else calibration_batches(te.encode, settings)
+        for scheme in schemes:
+            name = f"{scheme}-ptq"
+            if name in models:
+                raise ValueError(f"PTQ scheme {scheme!r} is listed twice")
+            # ptq_quantize replaces the linears in place: quantize a copy of the teacher.
+            with torch.no_grad():
+                models[name] = ptq_quantize(
+                    copy.deepcopy(teacher), QuantConfig.preset(scheme), calib, progress=not args.no_progress
+                )
+    return models, te, latent_shape(info), settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        models, te, shape, settings = _build(args)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"qvgen-eval: error: {e}", file=sys.stderr)
+        return 2
+
+    from qvgen_export.eval.harness import compare_models, error_plot_series, json_report, markdown_table
+    from qvgen_export.eval.plot import plot_error_vs_timestep
+    from qvgen_export.eval.visual import contact_sheet, save_gif
+
+    report = compare_models(models, te.encode, shape, settings, progress=not args.no_progress)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(json_report(report), indent=2) + "\n")
+    md = markdown_table(report)
+    (out / "report.md").write_text(md)
+    if len(models) > 1:
+        plot_error_vs_timestep(
+            {
+                "teacher-forced": error_plot_series(report, "teacher_forced"),
+                "own trajectory": error_plot_series(report, "trajectory"),
+            },
+            out / "error_vs_timestep.png",
+        )
+    for name, vids in report["_videos"].items():
+        contact_sheet(vids, report["_labels"], out / f"samples_{name}.png")
+        if args.gifs:
+            for i, v in enumerate(vids):
+                save_gif(v, out / "gifs" / f"{name}_{i:02d}.gif")
+    print(md)
+    print(f"wrote {out}/report.json, report.md" + (", error_vs_timestep.png" if len(models) > 1 else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
