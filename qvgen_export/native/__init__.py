@@ -25,11 +25,16 @@ _OPS_NAMES = ("act_quant", "code_sums", "gemm", "w4a4_linear", "packed_row_bytes
 __all__ = [
     "NativeError",
     "NativeLibraryNotFoundError",
+    "act_quant",
+    "code_sums",
     "cuda_library",
     "cuda_library_available",
+    "gemm",
+    "packed_row_bytes",
     "reference_available",
     "reference_library",
-    *_OPS_NAMES,
+    "repack_for_kernel",
+    "w4a4_linear",
 ]
 
 

@@ -18,7 +18,6 @@ with ``data_ptr()`` and the current stream); both produce the same bits.
 
 import os
 import warnings
-from typing import Optional
 
 import torch
 
@@ -52,7 +51,7 @@ def repack_for_kernel(packed: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
@@ -111,7 +110,7 @@ def cuda_gemm_path(device: torch.device) -> int:
 
 
 def act_quant(
-    x: torch.Tensor, clip_lo: torch.Tensor, clip_hi: torch.Tensor, bits: int, tokens_per_sample: Optional[int] = None
+    x: torch.Tensor, clip_lo: torch.Tensor, clip_hi: torch.Tensor, bits: int, tokens_per_sample: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token dynamic quantization of ``x [M, K]`` to packed ``bits``-bit codes.
 
@@ -192,17 +191,17 @@ def code_sums(qw: torch.Tensor, k: int) -> torch.Tensor:
 
 def gemm(
     qx: torch.Tensor,
-    x_scale: Optional[torch.Tensor],
-    x_zero: Optional[torch.Tensor],
-    x_sum: Optional[torch.Tensor],
+    x_scale: torch.Tensor | None,
+    x_zero: torch.Tensor | None,
+    x_sum: torch.Tensor | None,
     qw: torch.Tensor,
-    w_scale: Optional[torch.Tensor],
-    w_zero: Optional[torch.Tensor],
-    w_sum: Optional[torch.Tensor],
-    bias: Optional[torch.Tensor],
+    w_scale: torch.Tensor | None,
+    w_zero: torch.Tensor | None,
+    w_sum: torch.Tensor | None,
+    bias: torch.Tensor | None,
     k: int,
     out_dtype: torch.dtype = torch.float32,
-    path: Optional[str] = None,
+    path: str | None = None,
 ) -> torch.Tensor:
     """``y [M, N]`` = W4A4 GEMM + zero-point epilogue (see plugins/kernels/include/qvgen/w4a4_types.h).
 
@@ -288,7 +287,7 @@ def w4a4_linear(
     w_scale: torch.Tensor,
     w_zero: torch.Tensor,
     w_sum: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     in_features: int,
     act_bits: int,
 ) -> torch.Tensor:
@@ -326,7 +325,7 @@ def _w4a4_linear_fake(
     w_scale: torch.Tensor,
     w_zero: torch.Tensor,
     w_sum: torch.Tensor,
-    bias: Optional[torch.Tensor],
+    bias: torch.Tensor | None,
     in_features: int,
     act_bits: int,
 ) -> torch.Tensor:
