@@ -16,7 +16,7 @@ def act_quant(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``x [M, K]`` float32 -> (codes [M, K] int64, scale [M] f32, zero [M] int64, sum [M] int64)."""
     x = np.asarray(x, dtype=F32)
-    m, k = x.shape
+    m, _k = x.shape
     qmax = F32(2**bits - 1)
     sample = np.arange(m) // tokens_per_sample
     lo = np.minimum(x.min(axis=1), F32(0)) * np.asarray(clip_lo, F32)[sample]

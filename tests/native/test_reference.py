@@ -77,7 +77,7 @@ def _weights(ref_ops, n: int, k: int, bits: int) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("case", ["random", "batched", "one", "odd_k", "zero_rows", "extreme_clip", "multi_tile"])
 def test_gemm_matches_numpy(ref_ops, case: str, with_bias: bool) -> None:
     x, clo, chi, t = make_case(case)
-    m, k = x.shape
+    _m, k = x.shape
     n = 45 if case != "multi_tile" else 131
     w = _weights(ref_ops, n, k, 4)
     assert torch.equal(w["w_sum"], w["codes"].sum(1).to(torch.int32))

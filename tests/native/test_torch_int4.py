@@ -42,7 +42,7 @@ def test_int4_linear_matches_quant_linear(ref_ops, scheme: str, shape: tuple[int
         torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5 * float(y_ref.abs().max()))
         # Activation codes are identical to the fake quantizer's (the GEMM is exact in integers).
         lo, hi = q.act_clip()
-        qx, s, z, _ = ref_ops.act_quant(x.reshape(-1, k), lo.float(), hi.float(), cfg.act_bits)
+        _qx, s, z, _ = ref_ops.act_quant(x.reshape(-1, k), lo.float(), hi.float(), cfg.act_bits)
         xs = s.reshape(3, 29, 1)
         xz = z.reshape(3, 29, 1).float()
         codes = QF.act_codes(x, xs, xz, cfg.act_qmax)
