@@ -281,9 +281,9 @@ def describe(info: CheckpointInfo) -> str:
 
 
 __all__ = [
+    "FORMAT_VERSION",
     "CheckpointError",
     "CheckpointInfo",
-    "FORMAT_VERSION",
     "describe",
     "load_quantized_model",
     "read_info",

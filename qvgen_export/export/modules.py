@@ -57,4 +57,4 @@ def to_export_form(model: QuantizedWan) -> QuantizedWan:
     return model.eval()
 
 
-__all__ = ["ExportQuantLinear", "to_export_form", "QuantContext"]
+__all__ = ["ExportQuantLinear", "QuantContext", "to_export_form"]

@@ -116,6 +116,31 @@ def _fold_int4_casts(model: Any) -> int:
     return folded
 
 
+LAYER_KEY = "qvgen.layer"
+
+
+def _compact_node_metadata(model: Any) -> None:
+    """Keep only ``qvgen.layer`` (the quantized linear a node lowers) on each node.
+
+    The exporter annotates every node with stack traces and class paths; they make up most of a
+    small file's bytes and leak local paths. The layer name is what parity tools need.
+    """
+    import ast
+
+    for node in model.graph:
+        scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+        node.metadata_props.clear()
+        if not scopes:
+            continue
+        try:
+            names = ast.literal_eval(scopes)
+        except (ValueError, SyntaxError):
+            continue
+        if names and names[-1] == "quant_linear" and len(names) >= 2:
+            # ['', 'model', 'model.transformer', ..., 'model.transformer.blocks.0.attn1.to_q', 'quant_linear']
+            node.metadata_props[LAYER_KEY] = names[-2].removeprefix("model.transformer.")
+
+
 def _initializer_bytes(model: Any) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
@@ -170,10 +195,7 @@ def export_onnx(model: nn.Module, out_dir: Path, target: str = "onnx", check: bo
         )
     ir_model = program.model
     folded = _fold_int4_casts(ir_model)
-    # The exporter annotates every node with Python stack traces and class paths; they make up
-    # most of a small file's bytes and leak local paths, so drop them.
-    for node in ir_model.graph:
-        node.metadata_props.clear()
+    _compact_node_metadata(ir_model)
     ir_model.ir_version = IR_VERSION
     ir_model.producer_name = "qvgen-export"
     onnx_path = out_dir / MODEL_FILE

@@ -18,9 +18,8 @@ The weight codes arrive as a uint8 initializer behind a ``Cast`` to the containe
 
 from __future__ import annotations
 
-import numpy as np
-from onnxscript import opset21 as op
 from onnxscript import ir
+from onnxscript import opset21 as op
 
 from qvgen_export.quant.functional import ACT_SCALE_EPS
 from qvgen_export.quant.packing import container_bits

@@ -53,7 +53,7 @@ def lsq_grad_factor(in_features: int, bits: int) -> float:
 
 def expand_groups(t: torch.Tensor, k: int) -> torch.Tensor:
     """``[N, G] -> [N, K]`` by repeating each group column ``K // G`` times."""
-    n, g = t.shape
+    _n, g = t.shape
     if g == 1:
         return t
     return t.repeat_interleave(k // g, dim=1)

@@ -1,0 +1,169 @@
+"""The parity report: layer-by-layer, per transformer call along a trajectory, and the video."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qvgen_export.parity import layers as layer_parity
+from qvgen_export.parity import steps as step_parity
+from qvgen_export.quant.modules import QuantizedWan
+from qvgen_export.runtime.backends import Denoiser, OrtBackend
+from qvgen_export.runtime.sampler import sample_video
+from qvgen_export.runtime.video import pixel_decode
+from qvgen_export.utils.atomic import atomic_file
+
+# Acceptance thresholds of the statistical checks (per-layer exactness is LAYER_TOLERANCE).
+MIN_STEP_COSINE = 0.999
+MIN_CODE_AGREEMENT = 0.99
+MIN_VIDEO_PSNR_DB = 30.0
+
+
+@dataclass
+class SamplingSpec:
+    prompt_embeds: torch.Tensor
+    negative_embeds: torch.Tensor | None
+    latent_shape: tuple[int, int, int, int]
+    num_steps: int = 8
+    guidance_scale: float = 4.0
+    scheduler: str = "unipc"
+    shift: float = 3.0
+    seed: int = 0
+
+
+def run_parity(
+    model: QuantizedWan,
+    export_dir: Path,
+    spec: SamplingSpec,
+    work_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Compare an exported folder against the PyTorch quantized model it came from."""
+    backend = OrtBackend(export_dir)
+    session_config = backend.manifest.get("onnxruntime_session_config", {})
+    onnx_path = export_dir / backend.manifest["model_file"]
+    kw = {
+        "latent_shape": spec.latent_shape,
+        "num_steps": spec.num_steps,
+        "guidance_scale": spec.guidance_scale,
+        "scheduler": spec.scheduler,
+        "shift": spec.shift,
+        "seed": spec.seed,
+        "progress": progress,
+    }
+    # 1. PyTorch trajectory, recording every transformer call.
+    recorder = step_parity.RecordingDenoiser(model)
+    lat_pt = sample_video(recorder, spec.prompt_embeds, spec.negative_embeds, **kw)  # type: ignore[arg-type]
+    calls_per_step = len(recorder.calls) // spec.num_steps
+    # 2. Layers, fed the inputs of the first call.
+    first = recorder.calls[0]
+    layer_results = layer_parity.check_layers(
+        model,
+        (first["hidden_states"], first["timestep"], first["encoder_hidden_states"]),
+        work_dir / "layers",
+        session_config,
+        progress=progress,
+    )
+    # 3. Every call of the trajectory, identical inputs.
+    step_results = step_parity.check_steps(model, onnx_path, recorder.calls, work_dir, session_config, calls_per_step, progress)
+    # 4. The whole video sampled by ONNX Runtime from the same noise.
+    lat_ort = sample_video(Denoiser(backend), spec.prompt_embeds, spec.negative_embeds, **kw)  # type: ignore[arg-type]
+    f_pt, f_ort = pixel_decode(lat_pt).numpy(), pixel_decode(lat_ort).numpy()
+    video_psnr = step_parity.psnr(f_pt, f_ort, peak=1.0)
+    latent_cos = step_parity.cosine(lat_pt.numpy(), lat_ort.numpy())
+
+    rel = [r.relative_error for r in layer_results]
+    cos = [r.cosine for r in step_results]
+    agree = [r.code_agreement for r in step_results]
+    summary = {
+        "layers": len(layer_results),
+        "layers_passed": sum(r.passed for r in layer_results),
+        "layer_max_relative_error": max(rel),
+        "layer_tolerance": layer_parity.LAYER_TOLERANCE,
+        "calls": len(step_results),
+        "step_min_cosine": min(cos),
+        "step_mean_cosine": float(np.mean(cos)),
+        "step_min_psnr_db": min(r.psnr_db for r in step_results),
+        "step_min_code_agreement": min(agree),
+        "step_mean_code_agreement": float(np.mean(agree)),
+        "video_psnr_db": video_psnr,
+        "final_latent_cosine": latent_cos,
+    }
+    summary["passed"] = bool(
+        summary["layers_passed"] == summary["layers"]
+        and summary["step_min_cosine"] >= MIN_STEP_COSINE
+        and summary["step_min_code_agreement"] >= MIN_CODE_AGREEMENT
+        and video_psnr >= MIN_VIDEO_PSNR_DB
+    )
+    return {
+        "summary": summary,
+        "thresholds": {
+            "layer_relative_error": layer_parity.LAYER_TOLERANCE,
+            "step_cosine": MIN_STEP_COSINE,
+            "code_agreement": MIN_CODE_AGREEMENT,
+            "video_psnr_db": MIN_VIDEO_PSNR_DB,
+        },
+        "sampling": {k: v for k, v in kw.items() if k != "progress"},
+        "layers": layer_parity.as_dicts(layer_results),
+        "steps": step_parity.as_dicts(step_results),
+    }
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf"
+        return f"{v:.3e}" if (abs(v) < 1e-3 and v != 0) else f"{v:.4f}"
+    return str(v)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    lines = [
+        "# Parity report: ONNX Runtime vs PyTorch quantized model",
+        "",
+        f"Verdict: **{'PASS' if s['passed'] else 'FAIL'}**",
+        "",
+        "| check | value | threshold |",
+        "|---|---|---|",
+        f"| layers within tolerance | {s['layers_passed']}/{s['layers']} | max rel. error <= {_fmt(s['layer_tolerance'])} |",
+        f"| worst layer relative error | {_fmt(s['layer_max_relative_error'])} | |",
+        f"| min cosine over {s['calls']} calls | {_fmt(s['step_min_cosine'])} | >= {MIN_STEP_COSINE} |",
+        f"| min PSNR over calls (dB) | {_fmt(s['step_min_psnr_db'])} | |",
+        f"| min activation-code agreement | {_fmt(s['step_min_code_agreement'])} | >= {MIN_CODE_AGREEMENT} |",
+        f"| video PSNR (dB) | {_fmt(s['video_psnr_db'])} | >= {MIN_VIDEO_PSNR_DB} |",
+        f"| final latent cosine | {_fmt(s['final_latent_cosine'])} | |",
+        "",
+        "## Per call",
+        "",
+        "| call | step | branch | t | cosine | PSNR dB | max abs err | code agreement |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["steps"]:
+        lines.append(
+            f"| {r['call']} | {r['step']} | {r['branch']} | {r['timestep']:.1f} | {_fmt(r['cosine'])} | "
+            f"{_fmt(r['psnr_db'])} | {_fmt(r['max_abs_error'])} | {_fmt(r['code_agreement'])} |"
+        )
+    lines += ["", "## Per layer", "", "| layer | input shape | max abs err | output scale | rel. error | ok |", "|---|---|---|---|---|---|"]
+    for r in report["layers"]:
+        lines.append(
+            f"| {r['name']} | {r['shape']} | {_fmt(r['max_abs_error'])} | {_fmt(r['output_scale'])} | "
+            f"{_fmt(r['relative_error'])} | {'yes' if r['passed'] else 'NO'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], out_dir: Path, stem: str = "parity") -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jp, mp = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    with atomic_file(jp) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    with atomic_file(mp) as tmp:
+        tmp.write_text(to_markdown(report))
+    return jp, mp

@@ -1,0 +1,48 @@
+"""Prompt embeddings for the sampling commands.
+
+The embedded tiny world uses the deterministic grammar text encoder of ``qvgen_export.tinyvideo``
+(its settings come from the teacher file when present). Real Wan models take UMT5 embeddings
+precomputed by the user (``--prompt-embeds``), since no text encoder weights ship here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_PROMPTS = ("a red circle moving right", "a blue square moving up")
+
+
+def tiny_text_encoder(text_dim: int) -> Any:
+    from qvgen_export.tinyvideo.teacher import ASSET_PATH, read_teacher_info
+    from qvgen_export.tinyvideo.text_encoder import TextEncoderConfig, TinyTextEncoder
+
+    if ASSET_PATH.is_file():
+        cfg = TextEncoderConfig.from_dict(read_teacher_info(ASSET_PATH)["text_encoder"])
+    else:
+        cfg = TextEncoderConfig(dim=text_dim)
+    if cfg.dim != text_dim:
+        raise ValueError(
+            f"the model's text_dim is {text_dim} but the tiny text encoder makes {cfg.dim}; pass --prompt-embeds"
+        )
+    return TinyTextEncoder(cfg)
+
+
+def encode_prompts(prompts: list[str], negative: str, text_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tiny_text_encoder(text_dim)
+    return enc.encode(list(prompts)), enc.encode([negative] * len(prompts))
+
+
+def load_prompt_embeds(path: str | Path) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``prompt_embeds [B, L, D]`` and optional ``negative_prompt_embeds`` from a safetensors file."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: file not found")
+    t = load_file(str(p))
+    if "prompt_embeds" not in t:
+        raise ValueError(f"{p}: no 'prompt_embeds' tensor")
+    return t["prompt_embeds"].float(), t.get("negative_prompt_embeds")
