@@ -57,6 +57,8 @@ def cuda_ops(native_libs: Path):
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible to torch")
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("the W4A4 kernels need compute capability 8.0 or newer")
     if not _lib.cuda_library_available():
         pytest.skip("CUDA kernel library not built (nvcc was not found at build time)")
     _lib.cuda_library()

@@ -110,6 +110,7 @@ def test_w4a4_linear_cuda_equals_cpu_on_side_stream(cuda_ops) -> None:
     y_ref = torch.ops.qvgen.w4a4_linear(*args)
     cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
     side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())  # the inputs were copied on the default stream
     with torch.cuda.stream(side):
         y = torch.ops.qvgen.w4a4_linear(*cuda_args)
     side.synchronize()
