@@ -104,13 +104,14 @@ def test_reference_library_exports_only_the_c_api(native_libs: Path) -> None:
 
 @needs_nvcc
 def test_tensor_core_kernel_under_host_emulation(native_libs: Path) -> None:
-    """The CUDA GEMM kernel's own source, run on CPU threads with a PTX-fragment model, is exact.
+    """The CUDA kernels' own source, run on CPU threads with a PTX-fragment model, is exact.
 
-    Checks the kernel's index arithmetic, K-tail masking, nibble unpacking and barrier placement
-    for both tensor-core paths (I32, F32 and BF16 outputs) against a plain loop; the hardware
-    fragment layout itself is checked on a GPU by qvgen_cuda_selftest.
+    The activation quantizer matches the CPU reference byte for byte; both tensor-core GEMM paths
+    (I32, F32 and BF16 outputs) match a plain loop. Checks index arithmetic, K-tail masking,
+    nibble unpacking, reductions and barrier placement; the hardware fragment layout itself is
+    checked on a GPU by qvgen_cuda_selftest.
     """
-    emu = native_libs.parent / "bin" / "qvgen_gemm_emu"
+    emu = native_libs.parent / "bin" / "qvgen_kernels_emu"
     assert emu.is_file(), "build_native.sh builds the emulator whenever the CUDA kernels are configured"
     proc = subprocess.run([str(emu)], check=False, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

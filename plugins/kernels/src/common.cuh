@@ -13,6 +13,14 @@
 
 #include "qvgen/w4a4_cuda.h"
 
+// Shared memory: __shared__ on the device; one static array shared by the emulated threads of a
+// CTA under the host emulator (plugins/kernels/emu/kernels_emu.cpp).
+#ifdef QVGEN_EMULATE
+#define QVGEN_SHARED static
+#else
+#define QVGEN_SHARED __shared__
+#endif
+
 namespace qvgen {
 
 struct Error : std::runtime_error {

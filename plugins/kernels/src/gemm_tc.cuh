@@ -1,5 +1,5 @@
 // The tensor-core W4A4 GEMM kernel (paths MMA_U4 and IMMA_U8), included by gemm.cu and, with
-// QVGEN_EMULATE defined, by the host emulator plugins/kernels/emu/gemm_emu.cpp, which runs this
+// QVGEN_EMULATE defined, by the host emulator plugins/kernels/emu/kernels_emu.cpp, which runs this
 // exact code with one host thread per CUDA thread and a model of the PTX MMA fragment layouts.
 //
 // Tensor-core kernel (paths MMA_U4 and IMMA_U8)
@@ -49,8 +49,6 @@ static_assert(BM * 2 == THREADS && BN * 2 == THREADS, "loader maps one 16-byte c
 static_assert((BM / WM) * (BN / WN) * 32 == THREADS, "warp layout");
 
 #ifndef QVGEN_EMULATE
-#define QVGEN_SHARED __shared__
-
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -64,9 +62,7 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 #else
-// Host emulation (plugins/kernels/emu/gemm_emu.cpp): shared memory is one static array per
-// instantiation shared by the emulated threads of a CTA; cp.async is a plain copy.
-#define QVGEN_SHARED static
+// Host emulation (plugins/kernels/emu/kernels_emu.cpp): cp.async is a plain copy.
 inline void cp_async16(void* dst, const void* src) { std::memcpy(dst, src, 16); }
 inline void cp_async_commit() {}
 template <int N>
@@ -117,7 +113,7 @@ __device__ __forceinline__ void mma_u8(int32_t (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 #else
-using ::qvgen_emu::mma_u4;  // PTX semantics modelled on the host, see gemm_emu.cpp
+using ::qvgen_emu::mma_u4;  // PTX semantics modelled on the host, see kernels_emu.cpp
 using ::qvgen_emu::mma_u8;
 #endif
 

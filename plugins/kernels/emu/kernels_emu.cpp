@@ -1,0 +1,322 @@
+// Host emulator of the CUDA kernels (src/act_quant_kernel.cuh, src/gemm_tc.cuh), for machines
+// without a GPU.
+//
+// It compiles the kernels' own source with a host compiler (QVGEN_EMULATE) and runs every CTA
+// with one host thread per CUDA thread: __syncthreads is a std::barrier over the CTA, warp
+// shuffles and mma.sync exchange registers through per-warp slots between warp barriers, shared
+// memory is a static array, cp.async a plain copy. mma.sync is modelled from the PTX ISA's
+// fragment layouts for m16n8k32 (.u8) and m16n8k64 (.u4), written below independently of the
+// kernel. The activation quantizer is compared byte for byte with the CPU reference library,
+// the GEMM's two tensor-core paths (I32, F32, BF16 outputs) with a plain loop.
+//
+// What this checks: the kernels' index arithmetic (vector loads, packed-word writes, loader
+// chunks, K-tail masking, shared-memory rows, fragment addresses, nibble unpacking,
+// accumulator-to-output mapping, bounds), reductions and barrier placement. What it cannot
+// check: that the hardware's fragment layout is the one modelled here (the on-device self-test,
+// qvgen_cuda_selftest, does that), and asynchronous cp.async timing.
+//
+// Usage: qvgen_kernels_emu   -> one line per case, exit status 0 when every output matches.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+namespace qvgen_emu {
+
+constexpr int kMaxWarps = 8;
+
+thread_local uint3 t_threadIdx;
+thread_local uint3 t_blockIdx;
+std::barrier<>* g_cta = nullptr;
+std::barrier<>* g_warp[kMaxWarps] = {};
+
+struct Slot {
+  uint32_t a[4];
+  uint32_t b[2];
+};
+Slot g_slots[kMaxWarps][32];
+uint32_t g_shfl[kMaxWarps][32];
+
+inline void syncthreads() { g_cta->arrive_and_wait(); }
+
+// __shfl_xor_sync over the full warp (the only form the kernels use).
+template <typename V>
+V shfl_xor(unsigned mask, V v, int lane_mask) {
+  static_assert(sizeof(V) == 4, "32-bit shuffles only");
+  (void)mask;
+  const int tid = static_cast<int>(t_threadIdx.x), warp = tid / 32, lane = tid % 32;
+  std::memcpy(&g_shfl[warp][lane], &v, 4);
+  g_warp[warp]->arrive_and_wait();
+  V out;
+  std::memcpy(&out, &g_shfl[warp][lane ^ lane_mask], 4);
+  g_warp[warp]->arrive_and_wait();
+  return out;
+}
+
+// Runs fn() as every thread of every CTA of a 2-D grid, one CTA at a time.
+template <typename Fn>
+void run_grid(unsigned gx, unsigned gy, int threads, Fn fn) {
+  for (unsigned by = 0; by < gy; ++by) {
+    for (unsigned bx = 0; bx < gx; ++bx) {
+      std::barrier<> cta(threads);
+      std::vector<std::unique_ptr<std::barrier<>>> warps;
+      for (int w = 0; w < threads / 32; ++w) {
+        warps.push_back(std::make_unique<std::barrier<>>(32));
+        g_warp[w] = warps.back().get();
+      }
+      g_cta = &cta;
+      std::vector<std::thread> pool;
+      pool.reserve(static_cast<size_t>(threads));
+      for (unsigned tid = 0; tid < static_cast<unsigned>(threads); ++tid) {
+        pool.emplace_back([&fn, tid, bx, by] {
+          t_threadIdx = make_uint3(tid, 0, 0);
+          t_blockIdx = make_uint3(bx, by, 0);
+          fn();
+        });
+      }
+      for (auto& th : pool) th.join();
+    }
+  }
+}
+
+// mma.sync.aligned.m16n8k{32,64}.row.col.s32.{u8,u4}.{u8,u4}.s32 for the calling lane.
+// PTX fragment layouts (g = lane / 4, t = lane % 4, E = elements per 32-bit register = 32 / BITS,
+// Kd = K of the shape = 8 * E):
+//   A reg i, element j:  row = g + 8 * (i % 2),  col = t * E + j + (i / 2) * Kd / 2
+//   B reg i, element j:  k   = t * E + j + i * Kd / 2,  n = g
+//   C/D reg i:           row = g + 8 * (i / 2),  col = 2 * t + i % 2
+// Element j of a register occupies bits [BITS * j, BITS * (j + 1)).
+template <int BITS>
+void mma(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  constexpr int E = 32 / BITS, Kd = 8 * E;
+  constexpr uint32_t mask = (1u << BITS) - 1u;
+  const int tid = static_cast<int>(t_threadIdx.x), warp = tid / 32, lane = tid % 32;
+  std::memcpy(g_slots[warp][lane].a, a, sizeof(uint32_t) * 4);
+  std::memcpy(g_slots[warp][lane].b, b, sizeof(uint32_t) * 2);
+  g_warp[warp]->arrive_and_wait();
+  int A[16][Kd], B[Kd][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, t = l % 4;
+    const Slot& s = g_slots[warp][l];
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < E; ++j) A[g + 8 * (i % 2)][t * E + j + (i / 2) * Kd / 2] = (s.a[i] >> (BITS * j)) & mask;
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < E; ++j) B[t * E + j + i * Kd / 2][g] = (s.b[i] >> (BITS * j)) & mask;
+  }
+  g_warp[warp]->arrive_and_wait();  // every lane has read the slots before they are reused
+  const int g = lane / 4, t = lane % 4;
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+    int32_t sum = 0;
+    for (int k = 0; k < Kd; ++k) sum += A[row][k] * B[k][col];
+    c[i] += sum;
+  }
+}
+
+inline void mma_u4(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { mma<4>(c, a, b); }
+inline void mma_u8(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { mma<8>(c, a, b); }
+
+}  // namespace qvgen_emu
+
+// Device intrinsics the kernel uses, with their documented host semantics.
+inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __int2float_rn(int i) { return static_cast<float>(i); }
+inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
+  const uint64_t v = (static_cast<uint64_t>(y) << 32) | x;
+  uint32_t r = 0;
+  for (int n = 0; n < 4; ++n) r |= static_cast<uint32_t>((v >> (8 * ((s >> (4 * n)) & 7u))) & 0xFFu) << (8 * n);
+  return r;
+}
+
+#define threadIdx (::qvgen_emu::t_threadIdx)
+#define blockIdx (::qvgen_emu::t_blockIdx)
+#define __syncthreads() ::qvgen_emu::syncthreads()
+#define __shfl_xor_sync(mask, v, o) ::qvgen_emu::shfl_xor((mask), (v), (o))
+#define __launch_bounds__(...)
+#define QVGEN_EMULATE 1
+
+#include "../src/act_quant_kernel.cuh"
+#include "../src/gemm_tc.cuh"
+#include "qvgen/w4a4_ref.h"
+
+namespace {
+
+using qvgen::GemmParams;
+
+template <int PATH, int OUT>
+void run_gemm(const GemmParams& p) {
+  const unsigned gx = static_cast<unsigned>((p.M + qvgen::tc::BM - 1) / qvgen::tc::BM);
+  const unsigned gy = static_cast<unsigned>((p.N + qvgen::tc::BN - 1) / qvgen::tc::BN);
+  qvgen_emu::run_grid(gx, gy, qvgen::tc::THREADS, [&p] { qvgen::tc::gemm_tc_kernel<PATH, OUT>(p); });
+}
+
+struct Lcg {
+  uint32_t s;
+  uint32_t next() { return s = s * 1664525u + 1013904223u; }
+  float uniform() { return static_cast<float>(next() >> 8) * (1.0f / 16777216.0f); }
+};
+
+int code_at(const uint8_t* row, int64_t k) { return (row[k >> 1] >> ((k & 1) * 4)) & 0xF; }
+
+// Activation quantization: emulated kernel vs the CPU reference library, byte for byte.
+template <typename T>
+int64_t check_act_quant(int dtype, int64_t M, int64_t K, int64_t ldx, int bits, int64_t T_, bool constant, Lcg& rng) {
+  const int64_t B = (M + T_ - 1) / T_;
+  std::vector<T> x(static_cast<size_t>(M * ldx));
+  for (int64_t m = 0; m < M; ++m) {
+    const float base = (rng.uniform() - 0.5f) * 4.0f;
+    for (int64_t k = 0; k < ldx; ++k) {
+      const float v = constant ? base : (rng.uniform() - 0.5f) * 8.0f;
+      if constexpr (sizeof(T) == 4) {
+        x[static_cast<size_t>(m * ldx + k)] = v;
+      } else if constexpr (std::is_same_v<T, __half>) {
+        x[static_cast<size_t>(m * ldx + k)] = __float2half_rn(v);
+      } else {
+        x[static_cast<size_t>(m * ldx + k)] = __float2bfloat16_rn(v);
+      }
+    }
+  }
+  std::vector<float> clo(B), chi(B);
+  for (int64_t b = 0; b < B; ++b) {
+    clo[b] = b == 1 ? 0.0f : 0.5f + 0.5f * rng.uniform();  // sample 1 (if any): clip 0, scale floor
+    chi[b] = b == 1 ? 0.0f : 0.5f + 0.5f * rng.uniform();
+  }
+  const int64_t ldq = ((K + 1) / 2 + 15) / 16 * 16;
+  std::vector<uint8_t> q0(static_cast<size_t>(M * ldq), 0xAB), q1(static_cast<size_t>(M * ldq), 0xCD);
+  std::vector<float> s0(M), s1(M);
+  std::vector<int32_t> z0(M), z1(M), c0(M), c1(M);
+  if (qvgen_ref_act_quant(x.data(), dtype, M, K, ldx, clo.data(), chi.data(), T_, bits, q0.data(), ldq, s0.data(),
+                          z0.data(), c0.data()) != QVGEN_OK) {
+    std::printf("reference failed: %s\n", qvgen_ref_last_error());
+    return 1;
+  }
+  const bool vec = qvgen::aligned16(x.data()) && (ldx * static_cast<int64_t>(sizeof(T))) % 16 == 0 && K % 8 == 0;
+  const int qmax = (1 << bits) - 1;
+  qvgen_emu::run_grid(static_cast<unsigned>(M), 1, qvgen::aq::AQ_THREADS, [&] {
+    qvgen::aq::act_quant_kernel<T>(x.data(), ldx, static_cast<int32_t>(K), clo.data(), chi.data(), T_, qmax,
+                                   q1.data(), ldq, s1.data(), z1.data(), c1.data(), vec);
+  });
+  int64_t bad = 0;
+  for (size_t i = 0; i < q0.size(); ++i) bad += q0[i] != q1[i];
+  for (int64_t m = 0; m < M; ++m) {
+    bad += std::memcmp(&s0[m], &s1[m], 4) != 0;
+    bad += z0[m] != z1[m];
+    bad += c0[m] != c1[m];
+  }
+  std::printf("act_quant dtype=%d M=%lld K=%lld ldx=%lld bits=%d vec=%d%s: %lld mismatches\n", dtype,
+              static_cast<long long>(M), static_cast<long long>(K), static_cast<long long>(ldx), bits, vec ? 1 : 0,
+              constant ? " constant rows" : "", static_cast<long long>(bad));
+  return bad;
+}
+
+// Runs both tensor-core paths on one shape; returns the number of mismatching outputs.
+int64_t check_shape(int64_t M, int64_t N, int64_t K, Lcg& rng) {
+  const int64_t kbytes = (K + 1) / 2;
+  const int64_t ld = (kbytes + 15) / 16 * 16 + 16;  // extra padding, filled with garbage on purpose
+  std::vector<uint8_t> qx(static_cast<size_t>(M * ld)), qw(static_cast<size_t>(N * ld));
+  for (auto& b : qx) b = static_cast<uint8_t>(rng.next() >> 24);
+  for (auto& b : qw) b = static_cast<uint8_t>(rng.next() >> 24);
+  std::vector<float> xs(M), ws(N), wz(N), bias(N);
+  std::vector<int32_t> xz(M), xsum(M), wsum(N);
+  for (int64_t m = 0; m < M; ++m) {
+    xs[m] = 1e-3f + rng.uniform();
+    xz[m] = static_cast<int32_t>(rng.next() >> 28);
+    xsum[m] = static_cast<int32_t>(rng.next() % 1000u);
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    ws[n] = 1e-3f + rng.uniform();
+    wz[n] = 15.0f * rng.uniform();
+    bias[n] = rng.uniform() - 0.5f;
+    wsum[n] = static_cast<int32_t>(rng.next() % 1000u);
+  }
+  // Plain reference: codes at k >= K are ignored.
+  std::vector<int32_t> acc(static_cast<size_t>(M * N));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      int32_t s = 0;
+      for (int64_t k = 0; k < K; ++k) s += code_at(&qx[m * ld], k) * code_at(&qw[n * ld], k);
+      acc[m * N + n] = s;
+    }
+  int64_t bad = 0;
+  std::vector<int32_t> y_i32(static_cast<size_t>(M * N));
+  std::vector<float> y_f32(static_cast<size_t>(M * N));
+  std::vector<__nv_bfloat16> y_bf16(static_cast<size_t>(M * N));
+  for (int path : {QVGEN_PATH_MMA_U4, QVGEN_PATH_IMMA_U8}) {
+    GemmParams p{qx.data(), xs.data(), xz.data(), xsum.data(), qw.data(), ws.data(), wz.data(), wsum.data(),
+                 bias.data(), nullptr, ld, ld, N, M, N, static_cast<int32_t>(K)};
+    std::fill(y_i32.begin(), y_i32.end(), -1);
+    std::fill(y_f32.begin(), y_f32.end(), -1.0f);
+    p.y = y_i32.data();
+    if (path == QVGEN_PATH_MMA_U4) {
+      run_gemm<QVGEN_PATH_MMA_U4, QVGEN_DTYPE_I32>(p);
+      p.y = y_f32.data();
+      run_gemm<QVGEN_PATH_MMA_U4, QVGEN_DTYPE_F32>(p);
+      p.y = y_bf16.data();
+      run_gemm<QVGEN_PATH_MMA_U4, QVGEN_DTYPE_BF16>(p);
+    } else {
+      run_gemm<QVGEN_PATH_IMMA_U8, QVGEN_DTYPE_I32>(p);
+      p.y = y_f32.data();
+      run_gemm<QVGEN_PATH_IMMA_U8, QVGEN_DTYPE_F32>(p);
+      p.y = y_bf16.data();
+      run_gemm<QVGEN_PATH_IMMA_U8, QVGEN_DTYPE_BF16>(p);
+    }
+    int64_t path_bad = 0;
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t i = m * N + n;
+        const int32_t a = acc[i];
+        const float v = qvgen::epilogue(a, xs[m], xz[m], xsum[m], ws[n], wz[n], wsum[n], bias.data(), n,
+                                        static_cast<int32_t>(K));
+        const __nv_bfloat16 vb = __float2bfloat16_rn(v);
+        if (y_i32[i] != a) ++path_bad;
+        if (std::memcmp(&y_f32[i], &v, 4) != 0) ++path_bad;
+        if (std::memcmp(&y_bf16[i], &vb, 2) != 0) ++path_bad;
+      }
+    std::printf("M=%lld N=%lld K=%lld path=%s: %lld mismatches\n", static_cast<long long>(M),
+                static_cast<long long>(N), static_cast<long long>(K),
+                path == QVGEN_PATH_MMA_U4 ? "mma_u4" : "imma_u8", static_cast<long long>(path_bad));
+    bad += path_bad;
+  }
+  return bad;
+}
+
+}  // namespace
+
+int main() {
+  struct Shape {
+    int64_t M, N, K;
+  };
+  // Odd M, partial CTA tiles in M and N, K = 1, odd K, K not a multiple of 64, several K tiles
+  // (pipeline wrap-around), two CTAs in each direction.
+  const Shape shapes[] = {{1, 1, 1}, {3, 5, 7}, {37, 45, 67}, {130, 129, 129}, {129, 136, 320}, {17, 9, 513}, {33, 20, 100}};
+  Lcg rng{2024u};
+  int64_t bad = 0;
+  // Activation quantizer: vector and scalar load paths, odd K, K = 1, constant rows, 2..4 bits,
+  // several samples per batch (sample 1 with clip 0).
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 6, 1536, 1536, 4, 2, false, rng);
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 5, 67, 70, 4, 5, false, rng);
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 3, 1, 1, 3, 1, false, rng);
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 4, 40, 40, 4, 2, true, rng);
+  bad += check_act_quant<__half>(QVGEN_DTYPE_F16, 4, 1001, 1003, 4, 1, false, rng);
+  bad += check_act_quant<__half>(QVGEN_DTYPE_F16, 4, 264, 264, 2, 2, false, rng);
+  bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 4, 520, 520, 4, 2, false, rng);
+  bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 3, 77, 77, 3, 1, true, rng);
+  for (const Shape& s : shapes) bad += check_shape(s.M, s.N, s.K, rng);
+  std::printf("%s: %lld mismatching outputs\n", bad ? "FAIL" : "PASS", static_cast<long long>(bad));
+  return bad ? 1 : 0;
+}
