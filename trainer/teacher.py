@@ -3,8 +3,8 @@
     python -m trainer.teacher --out artifacts/teacher/tiny_teacher.safetensors --steps 2400 --seed 0
 
 Objective (as Wan): ``x_sigma = (1 - sigma) * x0 + sigma * eps``, ``t = 1000 * sigma``, the model
-predicts the velocity ``eps - x0``; MSE. ``sigma`` is uniform on the 1000-point grid (training
-shift 1.0, the same distribution the QAT distillation uses); sampling uses shift 3.
+predicts the velocity ``eps - x0``; MSE. ``sigma`` is logit-normal(0, 1) on the 1000-point grid
+by default (``--timestep-sampling uniform`` for the plain grid); sampling uses shift 3.
 10% of prompts are dropped to the empty prompt so that classifier-free guidance works.
 The saved weights are an exponential moving average (EMA) of the trained ones, which gives
 cleaner samples after a short run. Reproducible from ``--seed`` (data, noise and init).
@@ -46,13 +46,27 @@ def lr_at(step: int, total: int, base: float, warmup: int, final_frac: float = 0
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
+def sample_sigma(
+    b: int, gen: torch.Generator, kind: str = "logit_normal", num_train_timesteps: int = 1000
+) -> torch.Tensor:
+    """Noise levels ``[b]`` on the grid ``1/T .. 1``: uniform, or logit-normal(0, 1) (SD3), which
+    puts most samples at mid noise, where a clip's layout and motion are decided."""
+    if kind == "uniform":
+        k = torch.randint(1, num_train_timesteps + 1, (b,), generator=gen)
+    elif kind == "logit_normal":
+        u = torch.sigmoid(torch.randn(b, generator=gen))
+        k = torch.clamp(torch.round(u * num_train_timesteps), 1, num_train_timesteps).long()
+    else:
+        raise ValueError(f"unknown timestep sampling {kind!r}; expected 'uniform' or 'logit_normal'")
+    return k.float() / num_train_timesteps
+
+
 def flow_matching_batch(
-    x0: torch.Tensor, gen: torch.Generator, num_train_timesteps: int = 1000
+    x0: torch.Tensor, gen: torch.Generator, kind: str = "logit_normal", num_train_timesteps: int = 1000
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_sigma, t, target)`` for clean videos ``x0 [B, C, F, H, W]``."""
     b = x0.shape[0]
-    k = torch.randint(1, num_train_timesteps + 1, (b,), generator=gen)  # sigma on the grid 1/T .. 1
-    sigma = k.float() / num_train_timesteps
+    sigma = sample_sigma(b, gen, kind, num_train_timesteps)
     eps = torch.randn(x0.shape, generator=gen)
     s = sigma.view(b, 1, 1, 1, 1)
     return (1 - s) * x0 + s * eps, sigma * num_train_timesteps, eps - x0
@@ -83,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output .safetensors path (a .json mirror is written beside it)")
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--timestep-sampling", choices=["logit_normal", "uniform"], default="logit_normal")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--save-every", type=int, default=200, help="write the EMA weights every N steps")
     ap.add_argument("--preview-every", type=int, default=0, help="write a preview contact sheet every N steps (0: end)")
@@ -130,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "ema": args.ema,
             "caption_dropout": args.caption_dropout,
             "objective": "flow_matching_velocity",
-            "timestep_sampling": "uniform sigma on 1000-point grid (shift 1.0)",
+            "timestep_sampling": args.timestep_sampling + " sigma on the 1000-point grid",
             "final_loss_ema": loss_avg,
             "wall_seconds": round(time.time() - t_start, 1),
             "parameters": n_params,
@@ -145,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         drop = torch.rand(len(prompts), generator=drop_gen) < args.caption_dropout
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         cond = te.encode(prompts)
-        xt, t, target = flow_matching_batch(x0, gen)
+        xt, t, target = flow_matching_batch(x0, gen, args.timestep_sampling)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         pred = model(xt, t, cond, return_dict=False)[0]
