@@ -37,10 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry("qvgen-export")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from qvgen_export.export.pipeline import TARGETS, export_checkpoint
+    from qvgen_export.export.pipeline import check_target, export_checkpoint
 
-    if args.target not in TARGETS:
-        raise ValueError(f"unknown target {args.target!r}; expected one of {', '.join(TARGETS)}")
+    check_target(args.target)
     out = args.out or artifacts_dir() / f"{args.ckpt.stem}_{args.target}"
     if not args.quiet:
         print(f"exporting {args.ckpt} -> {out} (target {args.target}) ...", file=sys.stderr)

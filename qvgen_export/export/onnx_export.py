@@ -141,6 +141,58 @@ def _compact_node_metadata(model: Any) -> None:
             node.metadata_props[LAYER_KEY] = names[-2].removeprefix("model.transformer.")
 
 
+CODES_SUFFIX = ".codes_t_u4"
+# What the QDQ lowering puts between a MatMul and its weight codes / its activation codes.
+_WEIGHT_PATH = frozenset({"Sub", "Reshape", "DequantizeLinear"})
+_ACT_PATH = frozenset({"Reshape", "DequantizeLinear", "Min"})
+
+
+def _upstream(value: Any, stop: Callable[[Any], bool], through: frozenset[str], limit: int = 8) -> Any:
+    """First value above ``value`` (breadth first, only through ``through`` ops) where ``stop`` holds."""
+    frontier, seen = [value], set()
+    for _ in range(limit):
+        nxt = []
+        for v in frontier:
+            if v is None or id(v) in seen:
+                continue
+            seen.add(id(v))
+            if stop(v):
+                return v
+            if v.producer() is not None and v.producer().op_type in through:
+                nxt.extend(v.producer().inputs)
+        frontier = nxt
+    return None
+
+
+def quantized_layer_nodes(model: Any) -> dict[str, tuple[Any, Any]]:
+    """``{layer name: (MatMul node, activation QuantizeLinear node)}`` found from graph structure.
+
+    The layer is named by its INT4 weight initializer (``<prefix><layer>.codes_t_u4``); the
+    activation codes are the QuantizeLinear feeding that MatMul's data side. Several layers may
+    share one activation QuantizeLinear after common-subexpression elimination (e.g. q/k/v with
+    identical clip tables).
+    """
+    out: dict[str, tuple[Any, Any]] = {}
+    for node in model.graph:
+        if node.op_type != "MatMul":
+            continue
+        w = _upstream(node.inputs[1], lambda v: v.const_value is not None and v.name.endswith(CODES_SUFFIX), _WEIGHT_PATH)
+        if w is None:
+            continue
+        q = _upstream(
+            node.inputs[0],
+            lambda v: v.producer() is not None
+            and v.producer().op_type == "QuantizeLinear"
+            and any(u.op_type == "DequantizeLinear" and i == 0 for u, i in v.uses()),
+            _ACT_PATH,
+        )
+        if q is None:
+            continue
+        name = w.name.removesuffix(CODES_SUFFIX).removeprefix("model.transformer.").removeprefix("layer.")
+        out.setdefault(name, (node, q.producer()))
+    return out
+
+
 def _initializer_bytes(model: Any) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
@@ -191,10 +243,16 @@ def export_onnx(model: nn.Module, out_dir: Path, target: str = "onnx", check: bo
             output_names=list(OUTPUT_NAMES),
             dynamic_shapes=dynamic_shapes(config),
             custom_translation_table=_lowering(target),
+            # Optimise after folding the INT4 casts ourselves: the exporter's optimiser would fold
+            # the small ones into anonymous 'val_N' initializers and the big ones not at all.
+            optimize=False,
             verbose=False,
         )
     ir_model = program.model
     folded = _fold_int4_casts(ir_model)
+    import onnxscript
+
+    onnxscript.optimizer.optimize(ir_model)
     _compact_node_metadata(ir_model)
     ir_model.ir_version = IR_VERSION
     ir_model.producer_name = "qvgen-export"

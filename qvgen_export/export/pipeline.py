@@ -16,6 +16,16 @@ EXPORT_FORMAT = "qvgen-export/onnx-export"
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
 
 
+def check_target(target: str) -> None:
+    """Raise for a target this version cannot produce (before any work is done)."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
+    if target == "trt":
+        raise NotImplementedError(
+            "target 'trt' (custom INT4 GEMM plugin nodes and TensorRT engines) is not available in this version"
+        )
+
+
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, target: str = "onnx", overwrite: bool = False) -> dict[str, Any]:
     """Export a quantized checkpoint to ``out_dir``; returns the manifest fields written.
 
@@ -23,12 +33,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, target: str = "onnx
     ``FileExistsError``/``PermissionError`` for an unusable output folder. On any failure no
     ``out_dir`` is left behind (or the previous one is kept intact).
     """
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
-    if target == "trt":
-        raise NotImplementedError(
-            "target 'trt' (custom INT4 GEMM plugin nodes and TensorRT engines) is not available in this version"
-        )
+    check_target(target)
     out_dir = Path(out_dir)
     ensure_writable_dir(out_dir)
     if out_dir.exists() and not overwrite:

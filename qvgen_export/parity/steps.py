@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qvgen_export.export.onnx_export import LAYER_KEY
+from qvgen_export.export.onnx_export import quantized_layer_nodes
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear
 
@@ -39,24 +39,17 @@ def psnr(ref: np.ndarray, test: np.ndarray, peak: float | None = None) -> float:
 
 
 def add_code_outputs(onnx_path: Path, out_path: Path) -> list[str]:
-    """Copy ``onnx_path`` with every activation-code tensor as an extra uint8 output."""
+    """Copy ``onnx_path`` with every layer's activation codes as an extra uint8 output."""
     import onnx_ir as ir
 
     model = ir.load(onnx_path)
     graph = model.graph
     names: list[str] = []
-    for node in list(graph):
-        layer = node.metadata_props.get(LAYER_KEY)
-        if node.op_type != "QuantizeLinear" or not layer:
-            continue
-        out = node.outputs[0]
-        # The activation codes feed a DequantizeLinear as its data input; the zero-point Q does not.
-        if not any(user.op_type == "DequantizeLinear" and idx == 0 for user, idx in out.uses()):
-            continue
-        cast = ir.node("Cast", [out], attributes={"to": ir.DataType.UINT8}, num_outputs=1)
+    for layer, (_, qnode) in quantized_layer_nodes(model).items():
+        cast = ir.node("Cast", [qnode.outputs[0]], attributes={"to": ir.DataType.UINT8}, num_outputs=1)
         cast.outputs[0].name = CODES_PREFIX + layer
         cast.outputs[0].type = ir.TensorType(ir.DataType.UINT8)
-        graph.insert_after(node, cast)
+        graph.insert_after(qnode, cast)
         graph.outputs.append(cast.outputs[0])
         names.append(layer)
     ir.save(model, out_path)

@@ -25,8 +25,17 @@ def test_graph_structure(w4a4_export):
     assert all(consumers[i.name] == "DequantizeLinear" for i in int4)
     assert not any(i.name.endswith("to_q.weight") for i in model.graph.initializer)
     ops = [n.op_type for n in model.graph.node]
-    # two QuantizeLinear per layer: the activation codes and the integer zero point
-    assert ops.count("QuantizeLinear") == 2 * n_layers
+    # every layer reaches its INT4 weight and its activation codes; linears reading the same
+    # input with identical clip tables (q/k/v after PTQ) share one activation quantization,
+    # which is two QuantizeLinear nodes: the codes and the integer zero point
+    import onnx_ir as ir
+
+    from qvgen_export.export.onnx_export import quantized_layer_nodes
+
+    layer_map = quantized_layer_nodes(ir.load(str(w4a4_export / manifest["model_file"])))
+    assert len(layer_map) == n_layers
+    act_q = {q.name for _, q in layer_map.values()}
+    assert ops.count("QuantizeLinear") == 2 * len(act_q)
     assert [i.name for i in model.graph.input] == ["hidden_states", "timestep", "encoder_hidden_states"]
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[0] == "batch" and isinstance(dims[2], str) and isinstance(dims[3], str)

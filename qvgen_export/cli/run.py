@@ -1,0 +1,88 @@
+"""``qvgen-run``: text-to-video sampling with an exported model, and parity checks.
+
+Examples:
+  qvgen-run --model artifacts/wan_w4a4_onnx --prompt "a red circle moving right"
+  qvgen-run --ckpt wan_w4a4.safetensors                  # PyTorch fake-quant reference
+  qvgen-run --model artifacts/wan_w4a4_onnx --parity wan_w4a4.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from qvgen_export.cli.common import HelpFormatter, add_sampling_args, artifacts_dir, cli_entry, positive_int
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qvgen-run", description=__doc__, formatter_class=HelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help="exported folder (manifest.json + model.onnx), run by ONNX Runtime")
+    src.add_argument("--ckpt", type=Path, help="quantized checkpoint, run by PyTorch (fake-quant reference)")
+    p.add_argument("--parity", type=Path, metavar="CKPT", help="with --model: compare against this checkpoint (Polygraphy)")
+    p.add_argument("--frames", type=int, default=8, help="latent frames")
+    p.add_argument("--height", type=int, default=32, help="latent height (multiple of the patch)")
+    p.add_argument("--width", type=int, default=32, help="latent width (multiple of the patch)")
+    p.add_argument("--prompt-embeds", type=Path, help="safetensors with prompt_embeds [B,L,D] (real Wan: UMT5 outputs)")
+    p.add_argument("--out", type=Path, help="output folder (default: artifacts/run)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_sampling_args(p, steps=20)
+    return p
+
+
+@cli_entry("qvgen-run")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("steps", "frames", "height", "width"):
+        positive_int(f"--{name}", getattr(args, name))
+    if args.parity and not args.model:
+        raise ValueError("--parity compares an exported --model against a checkpoint; give --model")
+    from qvgen_export.runtime.backends import Denoiser, OrtBackend, TorchBackend
+    from qvgen_export.runtime.generate import GenerationSpec, generate
+    from qvgen_export.runtime.prompts import DEFAULT_PROMPTS, encode_prompts, load_prompt_embeds
+
+    out = args.out or artifacts_dir() / "run"
+    progress = not args.quiet
+    if args.model:
+        backend = OrtBackend(args.model)
+        tag = "onnx"
+    else:
+        from qvgen_export.checkpoint import load_quantized_model
+
+        backend = TorchBackend(load_quantized_model(args.ckpt)[0], name="torch-fakequant")
+        tag = "torch"
+    cfg = backend.model_config
+    _, ph, pw = cfg["patch_size"]
+    if args.height % ph or args.width % pw:
+        raise ValueError(f"--height/--width must be multiples of the patch size ({ph}, {pw})")
+    shape = (int(cfg["in_channels"]), args.frames, args.height, args.width)
+    if args.prompt_embeds:
+        pe, ne = load_prompt_embeds(args.prompt_embeds)
+        prompts = [f"embeds_{i}" for i in range(pe.shape[0])]
+    else:
+        prompts = list(args.prompt or DEFAULT_PROMPTS)
+        pe, ne = encode_prompts(prompts, args.negative_prompt, int(cfg["text_dim"]))
+    spec = GenerationSpec(prompts, args.negative_prompt, shape, args.steps, args.guidance, args.scheduler, args.shift, args.seed)
+    if int(cfg["in_channels"]) != 3:
+        raise NotImplementedError("decoding latent-space models needs the Wan VAE, which this command does not load yet")
+    res = generate(Denoiser(backend), spec, pe, ne, out, tag, progress)
+    print(f"wrote {len(res['videos'])} videos, {res['contact_sheet']} and {res['latents']}", file=sys.stderr)
+    if args.parity:
+        from qvgen_export.checkpoint import load_quantized_model
+        from qvgen_export.parity.report import SamplingSpec, run_parity, write_report
+
+        model, _ = load_quantized_model(args.parity)
+        pspec = SamplingSpec(pe, ne, shape, args.steps, args.guidance, args.scheduler, args.shift, args.seed)
+        report = run_parity(model, args.model, pspec, out / "parity_work", progress=progress)
+        _, mp = write_report(report, out)
+        s = report["summary"]
+        print(f"parity {'PASS' if s['passed'] else 'FAIL'}: report {mp}", file=sys.stderr)
+        print(out)
+        return 0 if s["passed"] else 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
