@@ -106,8 +106,8 @@ def test_reference_library_exports_only_the_c_api(native_libs: Path) -> None:
 def test_tensor_core_kernel_under_host_emulation(native_libs: Path) -> None:
     """The CUDA kernels' own source, run on CPU threads with a PTX-fragment model, is exact.
 
-    The activation quantizer matches the CPU reference byte for byte; both tensor-core GEMM paths
-    (I32, F32 and BF16 outputs) match a plain loop. Checks index arithmetic, K-tail masking,
+    The activation quantizer matches the CPU reference byte for byte; the code sums and all three
+    GEMM paths (I32, F32 and BF16 outputs) match plain loops. Checks index arithmetic, K-tail masking,
     nibble unpacking, reductions and barrier placement; the hardware fragment layout itself is
     checked on a GPU by qvgen_cuda_selftest.
     """

@@ -38,6 +38,9 @@ constexpr int kMaxWarps = 8;
 
 thread_local uint3 t_threadIdx;
 thread_local uint3 t_blockIdx;
+thread_local dim3 t_blockDim;
+thread_local dim3 t_gridDim;
+thread_local int t_linear;  // linear thread index in the CTA: warp = t_linear / 32
 std::barrier<>* g_cta = nullptr;
 std::barrier<>* g_warp[kMaxWarps] = {};
 
@@ -55,7 +58,7 @@ template <typename V>
 V shfl_xor(unsigned mask, V v, int lane_mask) {
   static_assert(sizeof(V) == 4, "32-bit shuffles only");
   (void)mask;
-  const int tid = static_cast<int>(t_threadIdx.x), warp = tid / 32, lane = tid % 32;
+  const int warp = t_linear / 32, lane = t_linear % 32;
   std::memcpy(&g_shfl[warp][lane], &v, 4);
   g_warp[warp]->arrive_and_wait();
   V out;
@@ -64,11 +67,12 @@ V shfl_xor(unsigned mask, V v, int lane_mask) {
   return out;
 }
 
-// Runs fn() as every thread of every CTA of a 2-D grid, one CTA at a time.
+// Runs fn() as every thread of every CTA of a 2-D grid of 2-D blocks, one CTA at a time.
 template <typename Fn>
-void run_grid(unsigned gx, unsigned gy, int threads, Fn fn) {
-  for (unsigned by = 0; by < gy; ++by) {
-    for (unsigned bx = 0; bx < gx; ++bx) {
+void run_grid(dim3 grid, dim3 block, Fn fn) {
+  const int threads = static_cast<int>(block.x * block.y);
+  for (unsigned by = 0; by < grid.y; ++by) {
+    for (unsigned bx = 0; bx < grid.x; ++bx) {
       std::barrier<> cta(threads);
       std::vector<std::unique_ptr<std::barrier<>>> warps;
       for (int w = 0; w < threads / 32; ++w) {
@@ -79,9 +83,12 @@ void run_grid(unsigned gx, unsigned gy, int threads, Fn fn) {
       std::vector<std::thread> pool;
       pool.reserve(static_cast<size_t>(threads));
       for (unsigned tid = 0; tid < static_cast<unsigned>(threads); ++tid) {
-        pool.emplace_back([&fn, tid, bx, by] {
-          t_threadIdx = make_uint3(tid, 0, 0);
+        pool.emplace_back([&fn, tid, bx, by, grid, block] {
+          t_threadIdx = make_uint3(tid % block.x, tid / block.x, 0);
           t_blockIdx = make_uint3(bx, by, 0);
+          t_blockDim = block;
+          t_gridDim = grid;
+          t_linear = static_cast<int>(tid);
           fn();
         });
       }
@@ -101,7 +108,7 @@ template <int BITS>
 void mma(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   constexpr int E = 32 / BITS, Kd = 8 * E;
   constexpr uint32_t mask = (1u << BITS) - 1u;
-  const int tid = static_cast<int>(t_threadIdx.x), warp = tid / 32, lane = tid % 32;
+  const int warp = t_linear / 32, lane = t_linear % 32;
   std::memcpy(g_slots[warp][lane].a, a, sizeof(uint32_t) * 4);
   std::memcpy(g_slots[warp][lane].b, b, sizeof(uint32_t) * 2);
   g_warp[warp]->arrive_and_wait();
@@ -127,6 +134,22 @@ void mma(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 inline void mma_u4(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { mma<4>(c, a, b); }
 inline void mma_u8(int32_t (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { mma<8>(c, a, b); }
 
+// For kernels without barriers or warp operations (the SIMT GEMM): threads run one after the
+// other on the calling thread, which is much faster than a host thread per CUDA thread.
+template <typename Fn>
+void run_grid_sequential(dim3 grid, dim3 block, Fn fn) {
+  for (unsigned by = 0; by < grid.y; ++by)
+    for (unsigned bx = 0; bx < grid.x; ++bx)
+      for (unsigned tid = 0; tid < block.x * block.y; ++tid) {
+        t_threadIdx = make_uint3(tid % block.x, tid / block.x, 0);
+        t_blockIdx = make_uint3(bx, by, 0);
+        t_blockDim = block;
+        t_gridDim = grid;
+        t_linear = static_cast<int>(tid);
+        fn();
+      }
+}
+
 }  // namespace qvgen_emu
 
 // Device intrinsics the kernel uses, with their documented host semantics.
@@ -145,6 +168,8 @@ inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
 
 #define threadIdx (::qvgen_emu::t_threadIdx)
 #define blockIdx (::qvgen_emu::t_blockIdx)
+#define blockDim (::qvgen_emu::t_blockDim)
+#define gridDim (::qvgen_emu::t_gridDim)
 #define __syncthreads() ::qvgen_emu::syncthreads()
 #define __shfl_xor_sync(mask, v, o) ::qvgen_emu::shfl_xor((mask), (v), (o))
 #define __launch_bounds__(...)
@@ -152,6 +177,7 @@ inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
 
 #include "../src/act_quant_kernel.cuh"
 #include "../src/gemm_tc.cuh"
+#include "../src/simt_kernels.cuh"
 #include "qvgen/w4a4_ref.h"
 
 namespace {
@@ -160,9 +186,26 @@ using qvgen::GemmParams;
 
 template <int PATH, int OUT>
 void run_gemm(const GemmParams& p) {
-  const unsigned gx = static_cast<unsigned>((p.M + qvgen::tc::BM - 1) / qvgen::tc::BM);
-  const unsigned gy = static_cast<unsigned>((p.N + qvgen::tc::BN - 1) / qvgen::tc::BN);
-  qvgen_emu::run_grid(gx, gy, qvgen::tc::THREADS, [&p] { qvgen::tc::gemm_tc_kernel<PATH, OUT>(p); });
+  if constexpr (PATH == QVGEN_PATH_SIMT) {  // same launch shape as gemm.cu
+    const dim3 block(32, 8);
+    const dim3 grid(static_cast<unsigned>((p.N + 31) / 32), static_cast<unsigned>(std::min<int64_t>((p.M + 7) / 8, 65535)));
+    qvgen_emu::run_grid_sequential(grid, block, [&p] { qvgen::simt::gemm_simt_kernel<OUT>(p); });
+  } else {
+    const dim3 grid(static_cast<unsigned>((p.M + qvgen::tc::BM - 1) / qvgen::tc::BM),
+                    static_cast<unsigned>((p.N + qvgen::tc::BN - 1) / qvgen::tc::BN));
+    qvgen_emu::run_grid(grid, dim3(qvgen::tc::THREADS, 1), [&p] { qvgen::tc::gemm_tc_kernel<PATH, OUT>(p); });
+  }
+}
+
+template <int PATH>
+void run_all_outputs(GemmParams p, std::vector<int32_t>& y_i32, std::vector<float>& y_f32,
+                     std::vector<__nv_bfloat16>& y_bf16) {
+  p.y = y_i32.data();
+  run_gemm<PATH, QVGEN_DTYPE_I32>(p);
+  p.y = y_f32.data();
+  run_gemm<PATH, QVGEN_DTYPE_F32>(p);
+  p.y = y_bf16.data();
+  run_gemm<PATH, QVGEN_DTYPE_BF16>(p);
 }
 
 struct Lcg {
@@ -207,7 +250,7 @@ int64_t check_act_quant(int dtype, int64_t M, int64_t K, int64_t ldx, int bits, 
   }
   const bool vec = qvgen::aligned16(x.data()) && (ldx * static_cast<int64_t>(sizeof(T))) % 16 == 0 && K % 8 == 0;
   const int qmax = (1 << bits) - 1;
-  qvgen_emu::run_grid(static_cast<unsigned>(M), 1, qvgen::aq::AQ_THREADS, [&] {
+  qvgen_emu::run_grid(dim3(static_cast<unsigned>(M), 1), dim3(qvgen::aq::AQ_THREADS, 1), [&] {
     qvgen::aq::act_quant_kernel<T>(x.data(), ldx, static_cast<int32_t>(K), clo.data(), chi.data(), T_, qmax,
                                    q1.data(), ldq, s1.data(), z1.data(), c1.data(), vec);
   });
@@ -224,7 +267,27 @@ int64_t check_act_quant(int dtype, int64_t M, int64_t K, int64_t ldx, int bits, 
   return bad;
 }
 
-// Runs both tensor-core paths on one shape; returns the number of mismatching outputs.
+// Per-row code sums (warp shuffles) against a plain loop.
+int64_t check_code_sums(int64_t N, int64_t K, Lcg& rng) {
+  const int64_t ld = (K + 1) / 2 + 5;  // any stride; garbage beyond K must not count
+  std::vector<uint8_t> q(static_cast<size_t>(N * ld));
+  for (auto& b : q) b = static_cast<uint8_t>(rng.next() >> 24);
+  std::vector<int32_t> got(N, -1);
+  constexpr int threads = 256, rows_per_cta = threads / 32;  // as in act_quant.cu
+  qvgen_emu::run_grid(dim3(static_cast<unsigned>((N + rows_per_cta - 1) / rows_per_cta), 1), dim3(threads, 1),
+                      [&] { qvgen::simt::code_sums_kernel(q.data(), ld, N, static_cast<int32_t>(K), got.data()); });
+  int64_t bad = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += code_at(&q[n * ld], k);
+    bad += s != got[n];
+  }
+  std::printf("code_sums N=%lld K=%lld: %lld mismatches\n", static_cast<long long>(N), static_cast<long long>(K),
+              static_cast<long long>(bad));
+  return bad;
+}
+
+// Runs the GEMM paths on one shape; returns the number of mismatching outputs.
 int64_t check_shape(int64_t M, int64_t N, int64_t K, Lcg& rng) {
   const int64_t kbytes = (K + 1) / 2;
   const int64_t ld = (kbytes + 15) / 16 * 16 + 16;  // extra padding, filled with garbage on purpose
@@ -256,24 +319,22 @@ int64_t check_shape(int64_t M, int64_t N, int64_t K, Lcg& rng) {
   std::vector<int32_t> y_i32(static_cast<size_t>(M * N));
   std::vector<float> y_f32(static_cast<size_t>(M * N));
   std::vector<__nv_bfloat16> y_bf16(static_cast<size_t>(M * N));
-  for (int path : {QVGEN_PATH_MMA_U4, QVGEN_PATH_IMMA_U8}) {
+  for (int path : {QVGEN_PATH_MMA_U4, QVGEN_PATH_IMMA_U8, QVGEN_PATH_SIMT}) {
     GemmParams p{qx.data(), xs.data(), xz.data(), xsum.data(), qw.data(), ws.data(), wz.data(), wsum.data(),
                  bias.data(), nullptr, ld, ld, N, M, N, static_cast<int32_t>(K)};
     std::fill(y_i32.begin(), y_i32.end(), -1);
     std::fill(y_f32.begin(), y_f32.end(), -1.0f);
     p.y = y_i32.data();
-    if (path == QVGEN_PATH_MMA_U4) {
-      run_gemm<QVGEN_PATH_MMA_U4, QVGEN_DTYPE_I32>(p);
-      p.y = y_f32.data();
-      run_gemm<QVGEN_PATH_MMA_U4, QVGEN_DTYPE_F32>(p);
-      p.y = y_bf16.data();
-      run_gemm<QVGEN_PATH_MMA_U4, QVGEN_DTYPE_BF16>(p);
-    } else {
-      run_gemm<QVGEN_PATH_IMMA_U8, QVGEN_DTYPE_I32>(p);
-      p.y = y_f32.data();
-      run_gemm<QVGEN_PATH_IMMA_U8, QVGEN_DTYPE_F32>(p);
-      p.y = y_bf16.data();
-      run_gemm<QVGEN_PATH_IMMA_U8, QVGEN_DTYPE_BF16>(p);
+    switch (path) {
+      case QVGEN_PATH_MMA_U4:
+        run_all_outputs<QVGEN_PATH_MMA_U4>(p, y_i32, y_f32, y_bf16);
+        break;
+      case QVGEN_PATH_IMMA_U8:
+        run_all_outputs<QVGEN_PATH_IMMA_U8>(p, y_i32, y_f32, y_bf16);
+        break;
+      default:
+        run_all_outputs<QVGEN_PATH_SIMT>(p, y_i32, y_f32, y_bf16);
+        break;
     }
     int64_t path_bad = 0;
     for (int64_t m = 0; m < M; ++m)
@@ -289,7 +350,8 @@ int64_t check_shape(int64_t M, int64_t N, int64_t K, Lcg& rng) {
       }
     std::printf("M=%lld N=%lld K=%lld path=%s: %lld mismatches\n", static_cast<long long>(M),
                 static_cast<long long>(N), static_cast<long long>(K),
-                path == QVGEN_PATH_MMA_U4 ? "mma_u4" : "imma_u8", static_cast<long long>(path_bad));
+                path == QVGEN_PATH_MMA_U4 ? "mma_u4" : path == QVGEN_PATH_IMMA_U8 ? "imma_u8" : "simt",
+                static_cast<long long>(path_bad));
     bad += path_bad;
   }
   return bad;
@@ -316,6 +378,8 @@ int main() {
   bad += check_act_quant<__half>(QVGEN_DTYPE_F16, 4, 264, 264, 2, 2, false, rng);
   bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 4, 520, 520, 4, 2, false, rng);
   bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 3, 77, 77, 3, 1, true, rng);
+  bad += check_code_sums(37, 1001, rng);
+  bad += check_code_sums(9, 64, rng);
   for (const Shape& s : shapes) bad += check_shape(s.M, s.N, s.K, rng);
   std::printf("%s: %lld mismatching outputs\n", bad ? "FAIL" : "PASS", static_cast<long long>(bad));
   return bad ? 1 : 0;

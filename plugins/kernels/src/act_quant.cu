@@ -1,30 +1,18 @@
 // Per-token dynamic INT4/INT3/INT2 activation quantization (layout and math: qvgen/w4a4_types.h):
-// launcher and C entry points; the kernel is in act_quant_kernel.cuh. Also the code-sum kernel.
+// launchers and C entry points; the kernels are in act_quant_kernel.cuh and simt_kernels.cuh.
 
 #include <cmath>
 
 #include "act_quant_kernel.cuh"
 #include "common.cuh"
+#include "simt_kernels.cuh"
 
 namespace qvgen {
 namespace {
 
 using aq::act_quant_kernel;
 using aq::AQ_THREADS;
-
-// One warp per row; byte-wise, any stride.
-__global__ void code_sums_kernel(const uint8_t* __restrict__ qw, int64_t ldq, int64_t N, int32_t K,
-                                 int32_t* __restrict__ out) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x & 31;
-  if (n >= N) return;
-  const uint8_t* row = qw + n * ldq;
-  int32_t s = 0;
-  for (int32_t k = lane; k < K; k += 32) s += (row[k >> 1] >> ((k & 1) * 4)) & 0xF;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (lane == 0) out[n] = s;
-}
+using simt::code_sums_kernel;
 
 template <typename T>
 void launch_act_quant(const void* x, int64_t M, int32_t K, int64_t ldx, const float* clip_lo, const float* clip_hi,

@@ -19,6 +19,18 @@ namespace aq {
 constexpr int AQ_THREADS = 128;
 constexpr int AQ_WARPS = AQ_THREADS / 32;
 
+// A 16-bit float (half or bfloat16) given by its bits, as float (exact).
+template <typename T>
+__device__ __forceinline__ float bits16_to_float(uint16_t b);
+template <>
+__device__ __forceinline__ float bits16_to_float<__half>(uint16_t b) {
+  return __half2float(__ushort_as_half(b));
+}
+template <>
+__device__ __forceinline__ float bits16_to_float<__nv_bfloat16>(uint16_t b) {
+  return __bfloat162float(__ushort_as_bfloat16(b));
+}
+
 // Loads x[k0 .. k0+7] as float; elements at k >= K read as 0 (callers mask them out).
 // vec: the row is 16-byte aligned and K % 8 == 0, so 8 elements are one or two 16-byte loads.
 template <typename T>
@@ -33,12 +45,8 @@ __device__ __forceinline__ void load8(const T* row, int32_t k0, int32_t K, bool 
       const uint32_t w[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        T lo, hi;
-        const uint16_t l16 = static_cast<uint16_t>(w[i] & 0xFFFFu), h16 = static_cast<uint16_t>(w[i] >> 16);
-        memcpy(&lo, &l16, 2);
-        memcpy(&hi, &h16, 2);
-        v[2 * i] = to_float(lo);
-        v[2 * i + 1] = to_float(hi);
+        v[2 * i] = bits16_to_float<T>(static_cast<uint16_t>(w[i] & 0xFFFFu));
+        v[2 * i + 1] = bits16_to_float<T>(static_cast<uint16_t>(w[i] >> 16));
       }
     }
   } else {

@@ -1,6 +1,6 @@
 // W4A4 GEMM: packed 4-bit codes x packed 4-bit codes -> exact int32, then the zero-point
-// epilogue of qvgen/w4a4_types.h. Tensor-core kernel: gemm_tc.cuh; here the SIMT kernel, the
-// launchers and the C entry points.
+// epilogue of qvgen/w4a4_types.h. Kernels: gemm_tc.cuh (tensor cores), simt_kernels.cuh (SIMT);
+// here the launchers and the C entry points.
 
 #include <algorithm>
 #include <cstring>
@@ -8,6 +8,7 @@
 
 #include "common.cuh"
 #include "gemm_tc.cuh"
+#include "simt_kernels.cuh"
 
 namespace qvgen {
 namespace {
@@ -16,31 +17,7 @@ using tc::BM;
 using tc::BN;
 using tc::gemm_tc_kernel;
 using tc::THREADS;
-
-// Path SIMT: one thread per output element, byte-wise integer loop. Slow and plainly correct:
-// the yardstick of the self-test and a fallback should a tensor-core path ever fail it.
-template <int OUT>
-__global__ void gemm_simt_kernel(const GemmParams p) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= p.N) return;
-  const int32_t K = p.K, kbytes = (K + 1) >> 1;
-  const uint8_t* wrow = p.qw + n * p.ldqw;
-  for (int64_t m = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y; m < p.M;
-       m += static_cast<int64_t>(gridDim.y) * blockDim.y) {
-    const uint8_t* xrow = p.qx + m * p.ldqx;
-    int32_t acc = 0;
-    for (int32_t j = 0; j < kbytes; ++j) {
-      const int32_t bx = xrow[j], bw = wrow[j];
-      acc += (bx & 15) * (bw & 15);
-      if (2 * j + 1 < K) acc += (bx >> 4) * (bw >> 4);
-    }
-    float v = 0.0f;
-    if constexpr (OUT != QVGEN_DTYPE_I32) {
-      v = epilogue(acc, p.x_scale[m], p.x_zero[m], p.x_sum[m], p.w_scale[n], p.w_zero[n], p.w_sum[n], p.bias, n, K);
-    }
-    store_out<OUT>(p.y, m * p.ldy + n, v, acc);
-  }
-}
+using simt::gemm_simt_kernel;
 
 template <int OUT>
 void launch_for_out(const GemmParams& p, int path, cudaStream_t s) {
