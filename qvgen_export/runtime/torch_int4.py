@@ -19,6 +19,7 @@ forward does (and raises ``NativeLibraryNotFoundError`` with build instructions 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -199,3 +200,23 @@ def convert_to_int4(model: nn.Module) -> list[str]:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, new)
     return names
+
+
+def load_int4_model(path: str | Path, device: str | torch.device | None = None) -> nn.Module:
+    """Load a quantized checkpoint (``docs/checkpoint-format.md``) as a torch-int4 ``QuantizedWan``.
+
+    The checkpoint loader validates the file and rebuilds ``QuantLinear``s whose codes round-trip
+    exactly; those are then swapped for :class:`Int4Linear` (on ``device`` if given). The result
+    keeps diffusers' transformer call signature.
+
+    Raises:
+        CheckpointError: the file is not a valid quantized checkpoint.
+        NotImplementedError: the checkpoint uses per-group weight scales or more than 4 bits.
+    """
+    from qvgen_export.checkpoint.format import load_quantized_model
+
+    model, _ = load_quantized_model(path)
+    if device is not None:
+        model = model.to(device)
+    convert_to_int4(model)
+    return model

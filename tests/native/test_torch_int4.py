@@ -109,6 +109,30 @@ def test_convert_tiny_wan(ref_ops) -> None:
         convert_to_int4(nn.Sequential(nn.Linear(2, 2)))
 
 
+def test_load_int4_model_from_checkpoint(ref_ops, tmp_path) -> None:
+    from qvgen_export.checkpoint.format import load_quantized_model, save_checkpoint
+    from qvgen_export.models.wan import TINY_WAN_CONFIG, build_wan
+    from qvgen_export.quant.modules import QuantizedWan
+    from qvgen_export.runtime.torch_int4 import load_int4_model
+
+    qm = QuantizedWan.from_float(build_wan(TINY_WAN_CONFIG, seed=1), QuantConfig(), init=False)
+    with torch.no_grad():
+        for m in qm.quant_linears().values():
+            lo, hi = m.weight.amin(1, keepdim=True), m.weight.amax(1, keepdim=True)
+            m.w_scale.copy_((hi - lo).clamp_min(1e-8) / 15)
+            m.w_zero.copy_(-lo / m.w_scale)
+    path = save_checkpoint(qm, tmp_path / "tiny.safetensors")
+    ref, _ = load_quantized_model(path)
+    im = load_int4_model(path)
+    assert not any(isinstance(m, QuantLinear) for m in im.modules())
+    torch.manual_seed(1)
+    hs, t, enc = torch.randn(1, 3, 8, 32, 32), torch.tensor([400.0]), torch.randn(1, 16, 64)
+    with torch.no_grad():
+        a = ref(hs, t, enc, return_dict=False)[0]
+        b = im(hs, t, enc, return_dict=False)[0]
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0) > 0.9999
+
+
 def test_import_qvgen_export_does_not_load_native() -> None:
     code = (
         "import sys, qvgen_export, qvgen_export.runtime.torch_int4\n"
