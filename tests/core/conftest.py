@@ -48,8 +48,16 @@ def w4a4_ckpt(tmp_path_factory, float_model) -> Path:
 
 @pytest.fixture(scope="session")
 def w4a4_export(tmp_path_factory, w4a4_ckpt) -> Path:
+    from qvgen_export.export import onnx_export
     from qvgen_export.export.pipeline import export_checkpoint
 
     out = tmp_path_factory.mktemp("export") / "onnx_w4a4"
-    export_checkpoint(w4a4_ckpt, out, target="onnx")
+    # Force the >2 GiB layout (weights as external data) so the path real Wan models take is the
+    # one every export test exercises; the float export test covers the single-file layout.
+    threshold = onnx_export.EXTERNAL_DATA_THRESHOLD
+    onnx_export.EXTERNAL_DATA_THRESHOLD = 0
+    try:
+        export_checkpoint(w4a4_ckpt, out, target="onnx")
+    finally:
+        onnx_export.EXTERNAL_DATA_THRESHOLD = threshold
     return out

@@ -44,13 +44,14 @@ def test_graph_structure(w4a4_export):
 def test_manifest_hashes(w4a4_export, tmp_path):
     doc = verify_manifest(w4a4_export)
     assert doc["opset"] == 21 and doc["target"] == "onnx"
-    assert set(doc["files"]) == {"model.onnx"}
+    assert set(doc["files"]) == {"model.onnx", "model.onnx.data"}
+    assert doc["external_data"] == "model.onnx.data"
     assert doc["tools"]["onnx"] == onnx.__version__
     tampered = tmp_path / "copy"
     import shutil
 
     shutil.copytree(w4a4_export, tampered)
-    with open(tampered / "model.onnx", "ab") as f:
+    with open(tampered / "model.onnx.data", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ValueError, match="SHA-256 does not match"):
         verify_manifest(tampered)
@@ -98,6 +99,7 @@ def test_float_export_for_baselines(tmp_path, float_model, sample_inputs):
     from qvgen_export.runtime.backends import ort_session
 
     res = export_onnx(float_model, tmp_path, target="float")
+    assert res.data_path is None and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
     sess = ort_session(res.onnx_path)
     x, t, e = sample_inputs
     out = sess.run(None, {"hidden_states": x.numpy(), "timestep": t.numpy(), "encoder_hidden_states": e.numpy()})[0]
