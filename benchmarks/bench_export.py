@@ -23,9 +23,8 @@ from qvgen_export.checkpoint import load_quantized_model, save_checkpoint
 from qvgen_export.cli.demo import load_default_model
 from qvgen_export.export.onnx_export import export_onnx
 from qvgen_export.export.pipeline import ORT_SESSION_CONFIG, export_checkpoint
-from qvgen_export.parity.report import SamplingSpec, run_parity
+from qvgen_export.parity.report import SamplingSpec, json_safe, run_parity
 from qvgen_export.quant.ptq import ptq_quantize
-from qvgen_export.runtime.backends import ort_session
 from qvgen_export.runtime.prompts import DEFAULT_PROMPTS, encode_prompts
 
 
@@ -107,8 +106,9 @@ def main() -> None:
     }
     out = Path("artifacts/bench")
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"export_{qcfg.name}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    print(json.dumps(result, indent=2, default=float))
+    text = json.dumps(json_safe(result), indent=2, allow_nan=False)
+    (out / f"export_{qcfg.name}.json").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

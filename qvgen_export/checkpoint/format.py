@@ -207,7 +207,9 @@ def _validate_tensors(p: Path, info: CheckpointInfo, tensors: dict[str, torch.Te
             raise CheckpointError(p, f"tensor '{name}.w_scale' has non-positive scales")
         codes = unpack_codes(tensors[f"{name}.qweight"], k, cfg.weight_bits)
         if int(codes.max()) > cfg.weight_qmax:
-            raise CheckpointError(p, f"tensor '{name}.qweight' holds codes above {cfg.weight_qmax} for {cfg.weight_bits}-bit weights")
+            raise CheckpointError(
+                p, f"tensor '{name}.qweight' holds codes above {cfg.weight_qmax} for {cfg.weight_bits}-bit weights"
+            )
 
 
 def build_model(info: CheckpointInfo, tensors: dict[str, torch.Tensor]) -> QuantizedWan:

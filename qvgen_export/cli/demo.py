@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from qvgen_export import QuantConfig
     from qvgen_export.checkpoint import load_quantized_model, save_checkpoint
     from qvgen_export.export.pipeline import export_checkpoint
-    from qvgen_export.parity.report import SamplingSpec, run_parity, write_report
+    from qvgen_export.parity.report import SamplingSpec, json_safe, run_parity, write_report
     from qvgen_export.parity.steps import psnr
     from qvgen_export.quant.ptq import ptq_quantize
     from qvgen_export.runtime.backends import Denoiser, OrtBackend, TorchBackend
@@ -72,10 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     model, shape, what = load_default_model()
     prompts = list(args.prompt or DEFAULT_PROMPTS)
     pe, ne = encode_prompts(prompts, args.negative_prompt, int(model.config.text_dim))
-    spec = GenerationSpec(prompts, args.negative_prompt, shape, args.steps, args.guidance, args.scheduler, args.shift, args.seed)
+    spec = GenerationSpec(
+        prompts, args.negative_prompt, shape, args.steps, args.guidance, args.scheduler, args.shift, args.seed
+    )
     _log(f"[1/5] model: {what}; sampling the float reference")
     t = time.perf_counter()
-    float_out = generate(Denoiser(TorchBackend(model, name="torch-float")), spec, pe, ne, out / "videos", "float", progress)
+    float_out = generate(
+        Denoiser(TorchBackend(model, name="torch-float")), spec, pe, ne, out / "videos", "float", progress
+    )
     timings["float_sampling_s"] = time.perf_counter() - t
 
     _log(f"[2/5] PTQ to {qcfg.name} and writing the checkpoint")
@@ -84,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate:
         g = torch.Generator().manual_seed(1)
         calib = [
-            {"hidden_states": torch.randn(len(prompts), *shape, generator=g), "timestep": torch.full((len(prompts),), float(tt)), "encoder_hidden_states": pe}
+            {
+                "hidden_states": torch.randn(len(prompts), *shape, generator=g),
+                "timestep": torch.full((len(prompts),), float(tt)),
+                "encoder_hidden_states": pe,
+            }
             for tt in (900, 500, 100)
         ]
     qmodel = ptq_quantize(copy.deepcopy(model), qcfg, calib, progress=progress)
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "parity": report["summary"],
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
     s = report["summary"]
     _log(
         f"done in {timings['total_s']:.0f} s. parity {'PASS' if s['passed'] else 'FAIL'}: "

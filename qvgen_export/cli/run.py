@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", type=Path, help="exported folder (manifest.json + model.onnx), run by ONNX Runtime")
     src.add_argument("--ckpt", type=Path, help="quantized checkpoint, run by PyTorch (fake-quant reference)")
-    p.add_argument("--parity", type=Path, metavar="CKPT", help="with --model: compare against this checkpoint (Polygraphy)")
+    p.add_argument(
+        "--parity", type=Path, metavar="CKPT", help="with --model: compare against this checkpoint (Polygraphy)"
+    )
     p.add_argument("--frames", type=int, default=8, help="latent frames")
     p.add_argument("--height", type=int, default=32, help="latent height (multiple of the patch)")
     p.add_argument("--width", type=int, default=32, help="latent width (multiple of the patch)")
@@ -63,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         prompts = list(args.prompt or DEFAULT_PROMPTS)
         pe, ne = encode_prompts(prompts, args.negative_prompt, int(cfg["text_dim"]))
-    spec = GenerationSpec(prompts, args.negative_prompt, shape, args.steps, args.guidance, args.scheduler, args.shift, args.seed)
+    spec = GenerationSpec(
+        prompts, args.negative_prompt, shape, args.steps, args.guidance, args.scheduler, args.shift, args.seed
+    )
     if int(cfg["in_channels"]) != 3:
-        raise NotImplementedError("decoding latent-space models needs the Wan VAE, which this command does not load yet")
+        raise NotImplementedError(
+            "decoding latent-space models needs the Wan VAE, which this command does not load yet"
+        )
     res = generate(Denoiser(backend), spec, pe, ne, out, tag, progress)
     print(f"wrote {len(res['videos'])} videos, {res['contact_sheet']} and {res['latents']}", file=sys.stderr)
     if args.parity:

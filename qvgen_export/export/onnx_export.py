@@ -52,7 +52,9 @@ class _Positional(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
         return self.model(hidden_states, timestep, encoder_hidden_states, return_dict=False)[0]
 
 
@@ -104,7 +106,9 @@ def _fold_int4_casts(model: Any) -> int:
         if to is None or to.as_int() != ir.DataType.UINT4 or src is None or src.const_value is None:
             continue
         codes = src.const_value.numpy()
-        new = ir.Value(name=src.name + "_u4", const_value=ir.tensor(codes.astype(ml_dtypes.uint4), name=src.name + "_u4"))
+        new = ir.Value(
+            name=src.name + "_u4", const_value=ir.tensor(codes.astype(ml_dtypes.uint4), name=src.name + "_u4")
+        )
         new.type = ir.TensorType(ir.DataType.UINT4)
         new.shape = src.shape
         graph.register_initializer(new)
@@ -176,14 +180,18 @@ def quantized_layer_nodes(model: Any) -> dict[str, tuple[Any, Any]]:
     for node in model.graph:
         if node.op_type != "MatMul":
             continue
-        w = _upstream(node.inputs[1], lambda v: v.const_value is not None and v.name.endswith(CODES_SUFFIX), _WEIGHT_PATH)
+        w = _upstream(
+            node.inputs[1], lambda v: v.const_value is not None and v.name.endswith(CODES_SUFFIX), _WEIGHT_PATH
+        )
         if w is None:
             continue
         q = _upstream(
             node.inputs[0],
-            lambda v: v.producer() is not None
-            and v.producer().op_type == "QuantizeLinear"
-            and any(u.op_type == "DequantizeLinear" and i == 0 for u, i in v.uses()),
+            lambda v: (
+                v.producer() is not None
+                and v.producer().op_type == "QuantizeLinear"
+                and any(u.op_type == "DequantizeLinear" and i == 0 for u, i in v.uses())
+            ),
             _ACT_PATH,
         )
         if q is None:

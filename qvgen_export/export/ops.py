@@ -23,7 +23,9 @@ OP_NAMESPACE = "qvgen"
 OP_NAME = "quant_linear"
 
 
-def dequant_weight_t(codes_t: torch.Tensor, w_scale_t: torch.Tensor, w_zs_t: torch.Tensor, group_size: int) -> torch.Tensor:
+def dequant_weight_t(
+    codes_t: torch.Tensor, w_scale_t: torch.Tensor, w_zs_t: torch.Tensor, group_size: int
+) -> torch.Tensor:
     """``[K, N]`` float weight ``q * s - z * s`` (same op order as ``functional.weight_dequant``)."""
     s = w_scale_t.repeat_interleave(group_size, dim=0) if w_scale_t.shape[0] > 1 else w_scale_t
     zs = w_zs_t.repeat_interleave(group_size, dim=0) if w_zs_t.shape[0] > 1 else w_zs_t

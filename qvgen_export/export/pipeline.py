@@ -26,7 +26,9 @@ def check_target(target: str) -> None:
         )
 
 
-def export_checkpoint(ckpt: str | Path, out_dir: str | Path, target: str = "onnx", overwrite: bool = False) -> dict[str, Any]:
+def export_checkpoint(
+    ckpt: str | Path, out_dir: str | Path, target: str = "onnx", overwrite: bool = False
+) -> dict[str, Any]:
     """Export a quantized checkpoint to ``out_dir``; returns the manifest fields written.
 
     Raises ``CheckpointError`` for a bad checkpoint, ``ValueError`` for a bad target,

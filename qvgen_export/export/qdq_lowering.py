@@ -37,7 +37,9 @@ def _f(v: float):  # type: ignore[no-untyped-def]
     return op.Constant(value_float=float(v))
 
 
-def quant_linear_qdq(x, clip_lo, clip_hi, codes_t, w_scale_t, w_zs_t, bias=None, w_bits: int = 4, a_bits: int = 4, group_size: int = 0):  # type: ignore[no-untyped-def]
+def quant_linear_qdq(
+    x, clip_lo, clip_hi, codes_t, w_scale_t, w_zs_t, bias=None, w_bits: int = 4, a_bits: int = 4, group_size: int = 0
+):  # type: ignore[no-untyped-def]
     a_qmax = float(2**a_bits - 1)
     # -- activations, per token ---------------------------------------------------------------
     axes = op.Constant(value_ints=[-1])
@@ -56,7 +58,13 @@ def quant_linear_qdq(x, clip_lo, clip_hi, codes_t, w_scale_t, w_zs_t, bias=None,
     zp_r = op.Round(zp_f)
     xq = op.DequantizeLinear(op.QuantizeLinear(x2, s1, zp, axis=0), s1, zp, axis=0)
     if a_bits != container_bits(a_bits):
-        xq = op.Min(xq, op.Mul(op.Sub(_f(a_qmax), op.Reshape(zp_r, op.Constant(value_ints=[-1, 1]))), op.Reshape(s1, op.Constant(value_ints=[-1, 1]))))
+        xq = op.Min(
+            xq,
+            op.Mul(
+                op.Sub(_f(a_qmax), op.Reshape(zp_r, op.Constant(value_ints=[-1, 1]))),
+                op.Reshape(s1, op.Constant(value_ints=[-1, 1])),
+            ),
+        )
     xq = op.Reshape(xq, op.Shape(x))
     # -- weights ----------------------------------------------------------------------------
     codes = op.Cast(codes_t, to=_container(w_bits))

@@ -49,7 +49,9 @@ class LayerParity:
     polygraphy_passed: bool
 
 
-def capture_layer_inputs(model: QuantizedWan, inputs: tuple[torch.Tensor, ...]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def capture_layer_inputs(
+    model: QuantizedWan, inputs: tuple[torch.Tensor, ...]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """First input ``x`` and timestep groups seen by each quantized linear in one forward."""
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     handles = []
@@ -124,7 +126,7 @@ def check_layers(
 ) -> list[LayerParity]:
     import onnx_ir as ir
     from polygraphy.backend.onnxrt import OnnxrtRunner
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
     from polygraphy.logger import G_LOGGER
 
     from qvgen_export.parity.torch_runner import TorchRunner, metadata_from_feed
@@ -164,7 +166,9 @@ def check_layers(
         y_pt = np.asarray(run["pytorch"][0]["y"])
         scale = float(np.abs(y_pt).max()) or 1.0
         err = float(np.abs(y_ort - y_pt).max())
-        verdict = Comparator.compare_accuracy(run, compare_func=CompareFunc.simple(atol=LAYER_TOLERANCE * scale, rtol=0.0))
+        verdict = Comparator.compare_accuracy(
+            run, compare_func=SimpleCompareFunc(atol=LAYER_TOLERANCE * scale, rtol=0.0)
+        )
         results.append(
             LayerParity(
                 name=name,

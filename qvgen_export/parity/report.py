@@ -71,7 +71,9 @@ def run_parity(
         progress=progress,
     )
     # 3. Every call of the trajectory, identical inputs.
-    step_results = step_parity.check_steps(model, onnx_path, recorder.calls, work_dir, session_config, calls_per_step, progress)
+    step_results = step_parity.check_steps(
+        model, onnx_path, recorder.calls, work_dir, session_config, calls_per_step, progress
+    )
     # 4. The whole video sampled by ONNX Runtime from the same noise.
     lat_ort = sample_video(Denoiser(backend), spec.prompt_embeds, spec.negative_embeds, **kw)  # type: ignore[arg-type]
     f_pt, f_ort = pixel_decode(lat_pt).numpy(), pixel_decode(lat_ort).numpy()
@@ -150,7 +152,13 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"| {r['call']} | {r['step']} | {r['branch']} | {r['timestep']:.1f} | {_fmt(r['cosine'])} | "
             f"{_fmt(r['psnr_db'])} | {_fmt(r['max_abs_error'])} | {_fmt(r['code_agreement'])} |"
         )
-    lines += ["", "## Per layer", "", "| layer | input shape | max abs err | output scale | rel. error | ok |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Per layer",
+        "",
+        "| layer | input shape | max abs err | output scale | rel. error | ok |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report["layers"]:
         lines.append(
             f"| {r['name']} | {r['shape']} | {_fmt(r['max_abs_error'])} | {_fmt(r['output_scale'])} | "
@@ -159,11 +167,22 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def json_safe(v: Any) -> Any:
+    """Strict JSON: identical outputs give an infinite PSNR, written as the string "inf"."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return v
+
+
 def write_report(report: dict[str, Any], out_dir: Path, stem: str = "parity") -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     jp, mp = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     with atomic_file(jp) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+        tmp.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     with atomic_file(mp) as tmp:
         tmp.write_text(to_markdown(report))
     return jp, mp

@@ -61,7 +61,9 @@ class CodeRecorder:
 
     def __init__(self, model: QuantizedWan) -> None:
         self.codes: dict[str, torch.Tensor] = {}
-        self.handles = [layer.register_forward_pre_hook(self._hook(name)) for name, layer in model.quant_linears().items()]
+        self.handles = [
+            layer.register_forward_pre_hook(self._hook(name)) for name, layer in model.quant_linears().items()
+        ]
 
     def _hook(self, name: str) -> Any:
         def hook(mod: QuantLinear, args: tuple[torch.Tensor, ...]) -> None:
@@ -86,10 +88,22 @@ class RecordingDenoiser:
         self.config = getattr(model, "config", None)
         self.calls: list[dict[str, torch.Tensor]] = []
 
-    def __call__(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor, return_dict: bool = True, **kw: Any) -> Any:
+    def __call__(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        return_dict: bool = True,
+        **kw: Any,
+    ) -> Any:
         out = self.model(hidden_states, timestep, encoder_hidden_states, return_dict=False)[0]
         self.calls.append(
-            {"hidden_states": hidden_states.clone(), "timestep": timestep.clone(), "encoder_hidden_states": encoder_hidden_states.clone(), "velocity": out.clone()}
+            {
+                "hidden_states": hidden_states.clone(),
+                "timestep": timestep.clone(),
+                "encoder_hidden_states": encoder_hidden_states.clone(),
+                "velocity": out.clone(),
+            }
         )
         return (out,)
 
@@ -129,7 +143,9 @@ def check_steps(
     layer_names = add_code_outputs(onnx_path, codes_path)
     recorder = CodeRecorder(model)
 
-    def torch_model(hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> dict[str, torch.Tensor]:
+    def torch_model(
+        hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         out = {"velocity": model(hidden_states, timestep, encoder_hidden_states, return_dict=False)[0]}
         out.update({CODES_PREFIX + n: recorder.codes[n] for n in layer_names})
         return out

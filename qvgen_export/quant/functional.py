@@ -108,6 +108,8 @@ def fake_quant_act(x: torch.Tensor, clip_lo: torch.Tensor, clip_hi: torch.Tensor
     return (act_codes(x, scale, zp, qmax) - zp) * scale
 
 
-def clip_factors(lower_logits: torch.Tensor, upper_logits: torch.Tensor, group: torch.Tensor, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+def clip_factors(
+    lower_logits: torch.Tensor, upper_logits: torch.Tensor, group: torch.Tensor, base: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample clip factors ``base * sigmoid(logit[k])`` for group indices ``group [B]``."""
     return base * torch.sigmoid(lower_logits[group]), base * torch.sigmoid(upper_logits[group])

@@ -66,7 +66,9 @@ def init_weight_quantizer(q: QuantLinear) -> None:
 
 
 @torch.no_grad()
-def calibrate_act_clips(model: QuantizedWan, calib_batches: Iterable[dict[str, torch.Tensor]], progress: bool = True) -> None:
+def calibrate_act_clips(
+    model: QuantizedWan, calib_batches: Iterable[dict[str, torch.Tensor]], progress: bool = True
+) -> None:
     """Pick each layer's activation clip factor per timestep group from ``CLIP_GRID``.
 
     Each batch is a dict with ``hidden_states``, ``timestep`` and ``encoder_hidden_states``.

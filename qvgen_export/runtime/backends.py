@@ -22,7 +22,9 @@ class Backend(Protocol):
     name: str
     model_config: dict[str, Any]
 
-    def run(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor: ...
+    def run(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 class TorchBackend:
@@ -37,7 +39,9 @@ class TorchBackend:
         self.model_config = model_config_dict(inner)
 
     @torch.no_grad()
-    def run(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
         return self.model(hidden_states, timestep, encoder_hidden_states, return_dict=False)[0]
 
 
@@ -49,7 +53,9 @@ def _import_onnxruntime() -> Any:
     return onnxruntime
 
 
-def ort_session(onnx_path: str | Path, session_config: dict[str, str] | None = None, providers: list[str] | None = None) -> Any:
+def ort_session(
+    onnx_path: str | Path, session_config: dict[str, str] | None = None, providers: list[str] | None = None
+) -> Any:
     ort = _import_onnxruntime()
     so = ort.SessionOptions()
     for k, v in (session_config or {}).items():
@@ -65,9 +71,13 @@ class OrtBackend:
         self.manifest = verify_manifest(folder) if verify else json.loads((folder / "manifest.json").read_text())
         self.name = "onnxruntime"
         self.model_config = self.manifest["model_config"]
-        self.session = ort_session(folder / self.manifest["model_file"], self.manifest.get("onnxruntime_session_config"), providers)
+        self.session = ort_session(
+            folder / self.manifest["model_file"], self.manifest.get("onnxruntime_session_config"), providers
+        )
 
-    def run(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
         feeds = {
             "hidden_states": hidden_states.detach().float().cpu().numpy(),
             "timestep": timestep.detach().float().reshape(-1).cpu().numpy(),

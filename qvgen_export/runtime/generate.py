@@ -58,5 +58,7 @@ def generate(
     for i, prompt in enumerate(spec.prompts):
         files.append(str(write_video(frames[i], out_dir / f"{tag}_{i}_{slug(prompt)}.gif")))
     sheet = contact_sheet(frames, out_dir / f"{tag}_sheet.png")
-    lat = save_latents(latents, out_dir / f"{tag}_latents.safetensors", prompts="\n".join(spec.prompts), seed=str(spec.seed))
+    lat = save_latents(
+        latents, out_dir / f"{tag}_latents.safetensors", prompts="\n".join(spec.prompts), seed=str(spec.seed)
+    )
     return {"videos": files, "contact_sheet": str(sheet), "latents": str(lat), "frames": frames}

@@ -31,7 +31,10 @@ def test_roundtrip_is_bit_exact(tmp_path, make_quantized, sample_inputs, scheme,
     assert "blocks.0.attn1.to_q.weight" not in keys and "blocks.0.attn1.to_q.qweight" in keys
     if q.qconfig.weight_bits <= 4:
         layer = q.quant_linears()["blocks.0.ffn.net.0.proj"]
-        assert load_file(str(path))["blocks.0.ffn.net.0.proj.qweight"].shape == (layer.out_features, layer.in_features // 2)
+        assert load_file(str(path))["blocks.0.ffn.net.0.proj.qweight"].shape == (
+            layer.out_features,
+            layer.in_features // 2,
+        )
 
 
 def test_metadata_describes_the_model(w4a4_ckpt):
@@ -69,16 +72,25 @@ BAD_CASES = {
     "bad header length": ("header", "not a readable safetensors file"),
     "wrong version": ((None, lambda m: _set(m, "format_version", "99")), "unsupported format version '99'"),
     "foreign file": ((None, lambda m: _set(m, "format", "something-else")), "not a qvgen-export checkpoint"),
-    "bad quant config": ((None, lambda m: _set(m, "quant_config", '{"weight_bits": 11}')), "invalid quantization config"),
+    "bad quant config": (
+        (None, lambda m: _set(m, "quant_config", '{"weight_bits": 11}')),
+        "invalid quantization config",
+    ),
     "config mismatch": (
-        (None, lambda m: _set(m, "quant_config", m["quant_config"].replace('"exclude": []', '"exclude": ["proj_out"]'))),
+        (
+            None,
+            lambda m: _set(m, "quant_config", m["quant_config"].replace('"exclude": []', '"exclude": ["proj_out"]')),
+        ),
         "does not select it",
     ),
     "bits mismatch": (
         (None, lambda m: _set(m, "quant_config", m["quant_config"].replace('"weight_bits": 4', '"weight_bits": 8'))),
         "has shape",
     ),
-    "nan scale": ((lambda t: t["blocks.0.attn1.to_q.w_scale"].view(-1).__setitem__(0, float("nan")), None), "NaN or Inf"),
+    "nan scale": (
+        (lambda t: t["blocks.0.attn1.to_q.w_scale"].view(-1).__setitem__(0, float("nan")), None),
+        "NaN or Inf",
+    ),
     "inf clip": ((lambda t: t["proj_out.clip_upper"].view(-1).__setitem__(3, float("inf")), None), "NaN or Inf"),
     "negative scale": ((lambda t: t["proj_out.w_scale"].view(-1).__setitem__(0, -1.0), None), "non-positive"),
     "missing tensor": ((lambda t: t.pop("blocks.1.ffn.net.2.w_zero"), None), "'blocks.1.ffn.net.2.w_zero' is missing"),
@@ -86,7 +98,10 @@ BAD_CASES = {
     "unknown tensor": ((lambda t: _set(t, "evil.payload", torch.zeros(3)), None), "unknown tensor 'evil.payload'"),
     "wrong dtype": ((lambda t: _set(t, "proj_out.w_zero", t["proj_out.w_zero"].double()), None), "dtype"),
     "wrong shape": ((lambda t: _set(t, "proj_out.clip_lower", torch.zeros(7)), None), "has shape (7,)"),
-    "bad float shape": ((lambda t: _set(t, "scale_shift_table", torch.zeros(1, 3, 64)), None), "'scale_shift_table' has shape"),
+    "bad float shape": (
+        (lambda t: _set(t, "scale_shift_table", torch.zeros(1, 3, 64)), None),
+        "'scale_shift_table' has shape",
+    ),
 }
 
 
