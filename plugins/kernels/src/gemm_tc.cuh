@@ -2,8 +2,8 @@
 // QVGEN_EMULATE defined, by the host emulator plugins/kernels/emu/kernels_emu.cpp, which runs this
 // exact code with one host thread per CUDA thread and a model of the PTX MMA fragment layouts.
 //
-// Tensor-core kernel (paths MMA_U4 and IMMA_U8)
-// ---------------------------------------------
+// Design
+// ------
 // CTA tile 128 (M) x 128 (N), 256 threads = 8 warps as 2 (M) x 4 (N), warp tile 64 x 32
 // = 4 x 4 MMA tiles of 16 x 8. K advances 64 codes (32 bytes per row) per stage, 3 stages of
 // cp.async. Shared rows are padded from 32 to 48 bytes so that the 32-bit fragment loads of a
