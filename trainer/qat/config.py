@@ -1,0 +1,173 @@
+"""The QAT run configuration: one frozen dataclass, validated on construction, read from TOML or flags.
+
+The library never sees argparse: ``cli.py`` turns flags or a TOML file into a :class:`TrainConfig`
+and every other module reads its numbers from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+
+class Method(str, Enum):
+    """QAT methods sharing one loop (see ``methods.py`` for what each one trains)."""
+
+    QVGEN = "qvgen"  # distillation + Phi + rank decay; Phi-free result
+    QVGEN_KEEP_PHI = "qvgen_keep_phi"  # ablation: Phi kept at rank r0, never decayed (PyTorch-only result)
+    LSQ = "lsq"  # flow-matching loss on data, no teacher, no Phi, one activation clip for all timesteps
+    QDM = "qdm"  # distillation, timestep-aware activation clips, no Phi
+    EFFICIENTDM = "efficientdm"  # frozen W, LoRA merged before quantization Qw(W + BA), distillation
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a QAT run needs. Defaults are the tiny-teacher recipe (see docs/qat-trainer.md).
+
+    Learning rates: the published Wan 1.3B recipe uses 3e-5 for W, s, z, L, R and other params and
+    1e-2 for the clip logits at global batch 48 for 2667 steps. The tiny teacher is ~1000x smaller
+    and trains for a few hundred steps, so the absolute values are scaled up (1e-4 / 1e-2 by default)
+    while keeping the ratio of a much higher clip-logit LR.
+    """
+
+    method: Method = Method.QVGEN
+    scheme: str = "w4a4"  # w4a4, w3a3 (any wXaY the QuantConfig accepts)
+    steps: int = 300
+    batch_size: int = 4  # global batch; divided evenly among distributed ranks
+    seed: int = 0
+    lr: float = 1e-4  # W, s, z, L, R, LoRA and every other trained parameter
+    lr_clip: float = 1e-2  # activation clip logits
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_frac: float = 0.1
+    grad_clip: float = 1.0
+    caption_dropout: float = 0.05
+    # Phi and rank decay (QVGen)
+    phi_rank: int = 32
+    decay_lambda: float = 0.5  # share of the columns decayed per stage (the paper's best, 1/2)
+    final_phase_frac: float = 0.08  # share of steps trained with Phi already deleted
+    # EfficientDM
+    lora_rank: int = 32
+    # Model and data
+    teacher: str = (
+        "tiny"  # "tiny" (embedded asset), "random" (random-init TEACHER_CONFIG, dev only) or a diffusers folder
+    )
+    model_config: dict[str, Any] | None = None  # only with teacher="random": overrides TEACHER_CONFIG (tests)
+    data: str = "tiny"  # "tiny" (procedural generator) or a latent-cache folder (cache.py)
+    video_frames: int = 8  # tiny data only: clip geometry (must match the teacher's training geometry)
+    video_height: int = 32
+    video_width: int = 32
+    num_train_timesteps: int = 1000
+    # Run management
+    out_dir: str = "artifacts/qat/run"
+    save_every: int = 50  # training-state checkpoint every N steps (and at the end)
+    keep_states: int = 2
+    log_every: int = 1
+    threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    strategy: str = "ddp"  # under torchrun: "ddp" or "fsdp" (FSDP2 fully_shard)
+    progress: bool = True
+    stop_after: int | None = None  # stop (as if killed) after this many steps of this run; tests use it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", Method(self.method))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        from qvgen_export.quant.config import QuantConfig
+
+        QuantConfig.preset(self.scheme)  # raises ValueError naming the scheme
+        for name in ("steps", "batch_size", "phi_rank", "lora_rank", "save_every", "keep_states", "log_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("lr", "lr_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        if not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if not 0.0 < self.decay_lambda <= 1.0:
+            raise ValueError(f"decay_lambda must be in (0, 1], got {self.decay_lambda}")
+        if not 0.0 <= self.final_phase_frac < 1.0:
+            raise ValueError(f"final_phase_frac must be in [0, 1), got {self.final_phase_frac}")
+        if self.method is Method.QVGEN:
+            self.rank_decay()  # raises ValueError when the steps cannot hold every stage
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
+        if self.model_config is not None and self.teacher != "random":
+            raise ValueError("model_config is only meaningful with teacher='random'")
+        if self.stop_after is not None and (not isinstance(self.stop_after, int) or self.stop_after < 0):
+            raise ValueError(f"stop_after must be a non-negative integer, got {self.stop_after!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+    def rank_decay(self) -> Any:
+        from trainer.qat.rank_decay import RankDecaySchedule
+
+        return RankDecaySchedule(self.steps, self.phi_rank, self.decay_lambda, self.final_phase_frac)
+
+    @property
+    def uses_tiny_data(self) -> bool:
+        return self.data == "tiny"
+
+    def quant_config(self) -> Any:
+        """The QuantConfig of this run: LSQ's activation clip is one row for all timesteps."""
+        from qvgen_export.quant.config import QuantConfig
+
+        groups = 1 if self.method is Method.LSQ else 50
+        return QuantConfig.preset(self.scheme, timestep_groups=groups, num_train_timesteps=self.num_train_timesteps)
+
+    # -- serialisation -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["method"] = self.method.value
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {unknown}")
+        d = dict(d)
+        if "method" in d:
+            try:
+                d["method"] = Method(d["method"])
+            except ValueError:
+                raise ValueError(
+                    f"unknown method {d['method']!r}; expected one of {[m.value for m in Method]}"
+                ) from None
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read ``path`` (keys at top level or under ``[train]``), then apply ``overrides``."""
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: config file not found")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{p}: not valid TOML ({e})") from None
+        if "train" in data and isinstance(data["train"], dict):
+            data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
+        data.update(overrides)
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
