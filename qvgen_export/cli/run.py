@@ -23,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--parity", type=Path, metavar="CKPT", help="with --model: compare against this checkpoint (Polygraphy)"
     )
+    p.add_argument(
+        "--int4",
+        action="store_true",
+        help="with --ckpt: run real INT4 GEMMs through the native torch-int4 backend (CUDA kernels, or the "
+        "C++ reference on CPU; build with scripts/build_native.sh)",
+    )
     p.add_argument("--frames", type=int, default=8, help="latent frames")
     p.add_argument("--height", type=int, default=32, help="latent height (multiple of the patch)")
     p.add_argument("--width", type=int, default=32, help="latent width (multiple of the patch)")
@@ -38,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("steps", "frames", "height", "width"):
         positive_int(f"--{name}", getattr(args, name))
+    if args.int4 and not args.ckpt:
+        raise ValueError("--int4 runs a checkpoint natively; give --ckpt")
     if args.parity and not args.model:
         raise ValueError("--parity compares an exported --model against a checkpoint; give --model")
     from qvgen_export.runtime.backends import Denoiser, OrtBackend, TorchBackend
@@ -49,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         backend = OrtBackend(args.model)
         tag = "onnx"
+    elif args.int4:
+        from qvgen_export.runtime.torch_int4 import load_int4_model
+
+        backend = TorchBackend(load_int4_model(args.ckpt), name="torch-int4")
+        tag = "int4"
     else:
         from qvgen_export.checkpoint import load_quantized_model
 

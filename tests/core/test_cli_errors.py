@@ -112,3 +112,20 @@ def test_help_explains():
 def test_other_helps(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--prompt" in out.stdout
+
+
+def test_run_int4_backend_from_checkpoint(tmp_path, capsys, w4a4_ckpt):
+    from qvgen_export.native import reference_available
+
+    if not reference_available():
+        pytest.skip("native reference library not built (scripts/build_native.sh)")
+    rc = run_cli.main(
+        ["--ckpt", str(w4a4_ckpt), "--int4", "--steps", "1", "--frames", "2", "--quiet", "--out", str(tmp_path)]
+    )
+    assert rc == 0
+    assert (tmp_path / "int4_sheet.png").is_file() and (tmp_path / "int4_latents.safetensors").is_file()
+
+
+def test_int4_needs_a_checkpoint(capsys, w4a4_export):
+    assert run_cli.main(["--model", str(w4a4_export), "--int4"]) == 2
+    _one_line_error(capsys, "--int4")

@@ -34,6 +34,7 @@ def test_calibration_does_not_worsen_layer_error(make_quantized, sample_inputs):
     q = make_quantized()
     layer = q.quant_linears()["blocks.0.ffn.net.2"]
     seen = {}
+
     def grab(mod, args):
         seen.setdefault("x", (args[0].detach(), mod.ctx.group.clone()))
 
