@@ -7,23 +7,22 @@ from typing import Any
 
 import torch
 
-
 # A random-init stand-in of the Wan architecture, small enough for CPU tests (~0.3M parameters):
 # 8 frames of 32x32 RGB "latents" (pixel space), patch (1, 4, 4) -> 512 tokens.
-TINY_WAN_CONFIG: dict[str, Any] = dict(
-    patch_size=(1, 4, 4),
-    num_attention_heads=2,
-    attention_head_dim=32,
-    in_channels=3,
-    out_channels=3,
-    text_dim=64,
-    freq_dim=64,
-    ffn_dim=256,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    rope_max_seq_len=64,
-)
+TINY_WAN_CONFIG: dict[str, Any] = {
+    "patch_size": (1, 4, 4),
+    "num_attention_heads": 2,
+    "attention_head_dim": 32,
+    "in_channels": 3,
+    "out_channels": 3,
+    "text_dim": 64,
+    "freq_dim": 64,
+    "ffn_dim": 256,
+    "num_layers": 2,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "rope_max_seq_len": 64,
+}
 
 
 def build_wan(config: dict[str, Any], seed: int | None = 0) -> torch.nn.Module:
@@ -65,4 +64,6 @@ def load_diffusers_transformer(path: str | Path, dtype: torch.dtype = torch.floa
         p = p / "transformer"
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no diffusers config.json (expected a WanTransformer3DModel folder)")
-    return WanTransformer3DModel.from_pretrained(p, torch_dtype=dtype, local_files_only=True, use_safetensors=True).eval()
+    return WanTransformer3DModel.from_pretrained(
+        p, torch_dtype=dtype, local_files_only=True, use_safetensors=True
+    ).eval()

@@ -26,5 +26,5 @@ def test_import_works_when_onnxruntime_is_missing():
         "import qvgen_export, qvgen_export.checkpoint, qvgen_export.export.pipeline, qvgen_export.runtime.backends\n"
         "print(qvgen_export.__version__)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr

@@ -59,7 +59,7 @@ def test_denoiser_signature(w4a4_export):
 
 def test_sampling_is_deterministic_and_seeded(float_model, embeds):
     den = Denoiser(TorchBackend(float_model))
-    kw = dict(latent_shape=SHAPE, num_steps=2, progress=False)
+    kw = {"latent_shape": SHAPE, "num_steps": 2, "progress": False}
     a = sample_video(den, embeds[0], embeds[1], seed=1, **kw)
     b = sample_video(den, embeds[0], embeds[1], seed=1, **kw)
     c = sample_video(den, embeds[0], embeds[1], seed=2, scheduler="euler", **kw)

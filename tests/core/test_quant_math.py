@@ -30,13 +30,13 @@ def test_pack_rejects_out_of_range():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(weight_bits=1),
-        dict(act_bits=9),
-        dict(weight_granularity="per_group"),
-        dict(group_size=32),
-        dict(timestep_groups=0),
-        dict(act_clip_init=1.0),
-        dict(weight_granularity="rows"),
+        {"weight_bits": 1},
+        {"act_bits": 9},
+        {"weight_granularity": "per_group"},
+        {"group_size": 32},
+        {"timestep_groups": 0},
+        {"act_clip_init": 1.0},
+        {"weight_granularity": "rows"},
     ],
 )
 def test_config_rejects_bad_values(kwargs):
@@ -78,7 +78,7 @@ def test_mse_search_not_worse_than_full_range():
     s, z = mse_search_weight(w, cfg)
     s1 = (w.amax(1, keepdim=True).clamp(min=0) - w.amin(1, keepdim=True).clamp(max=0)) / 15
     z1 = -w.amin(1, keepdim=True).clamp(max=0) / s1
-    err = lambda s_, z_: (QF.fake_quant_weight(w, s_, z_, 15) - w).abs().pow(2.4).sum(1)  # noqa: E731
+    err = lambda s_, z_: (QF.fake_quant_weight(w, s_, z_, 15) - w).abs().pow(2.4).sum(1)
     assert (err(s, z) <= err(s1, z1) + 1e-5).all()
     assert err(s, z)[0] < err(s1, z1)[0]
 
