@@ -49,7 +49,7 @@ class TrainResult:
 
 def lr_factor(step: int, total: int, warmup_frac: float) -> float:
     """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0."""
-    warm = int(round(total * warmup_frac))
+    warm = round(total * warmup_frac)
     if step < warm:
         return (step + 1) / warm
     p = (step - warm) / max(1, total - warm)

@@ -110,7 +110,9 @@ def attach_phis(layers: dict[str, QuantLinear], rank: int) -> dict[str, Phi]:
         phi = Phi(layer.out_features, layer.in_features, rank)
         with torch.no_grad():
             phi.init_from_error(layer.weight.float() - layer.quantized_weight().float())
-        layer.weight_delta = phi  # called as layer.weight_delta() -> runs Phi.forward (FSDP hooks too)
+        # object.__setattr__: a plain attribute, so Phi does not become a submodule of the layer (it
+        # must stay out of the quantized model's state_dict); calling it runs Phi.forward.
+        object.__setattr__(layer, "weight_delta", phi)
         phis[name] = phi
     return phis
 
