@@ -113,3 +113,27 @@ def wrap_teacher(teacher: nn.Module, env: DistEnv, strategy: str) -> nn.Module:
             fully_shard(block)
         fully_shard(teacher)
     return teacher
+
+
+def sharded_grad_norm_and_clip(params: list[nn.Parameter], max_norm: float, env: DistEnv) -> float:
+    """``clip_grad_norm_`` for a mix of FSDP2-sharded (DTensor) and replicated gradients.
+
+    The squared norms of the local shards are summed over ranks; replicated gradients (already
+    averaged) are counted once. Returns the total norm before clipping.
+    """
+    sharded = torch.zeros((), dtype=torch.float64)
+    replicated = torch.zeros((), dtype=torch.float64)
+    grads = [p.grad for p in params if p.grad is not None]
+    for g in grads:
+        if hasattr(g, "to_local"):
+            sharded += g.to_local().detach().double().pow(2).sum().cpu()
+        else:
+            replicated += g.detach().double().pow(2).sum().cpu()
+    if env.enabled:
+        dist.all_reduce(sharded)
+    total = float((sharded + replicated).sqrt())
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g.mul_(coef)
+    return total

@@ -190,11 +190,12 @@ def train(
     )
     student.to(env.device)
     teacher = teacher.to(env.device).eval().requires_grad_(False)
+    # Wrap before building the optimizer: FSDP2 replaces the parameters by sharded DTensors.
+    model = D.wrap(student, env, cfg.strategy)
     optimizer = make_optimizer(student, cfg)
     if meta is not None and tensors is not None:
         load_state(student, optimizer, meta, tensors)
         del tensors
-    model = D.wrap(student, env, cfg.strategy)
     teacher_run = D.wrap_teacher(teacher, env, cfg.strategy) if spec.teacher else teacher
 
     log_path = out / "metrics.jsonl"
@@ -276,8 +277,12 @@ def train(
             D.all_reduce_grads(D.replicated_params(student), env)
         trainable = [p for p in student.parameters() if p.requires_grad]
         phi_ids = {id(p) for p in student.phis.parameters()}
-        base_norm = _grad_norm([p for p in trainable if id(p) not in phi_ids])
-        gnorm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
+        if cfg.strategy == "fsdp" and env.enabled:
+            base_norm = float("nan")  # not split out under sharding (a second collective per step)
+            gnorm = D.sharded_grad_norm_and_clip(trainable, cfg.grad_clip, env)
+        else:
+            base_norm = _grad_norm([p for p in trainable if id(p) not in phi_ids])
+            gnorm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
         optimizer.step()
         dt = time.perf_counter() - t0
         step_times.append(dt)
