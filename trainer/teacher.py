@@ -53,11 +53,16 @@ def sample_sigma(
     puts most samples at mid noise, where a clip's layout and motion are decided."""
     if kind == "uniform":
         k = torch.randint(1, num_train_timesteps + 1, (b,), generator=gen)
+    elif kind == "shift3":
+        # Uniform, then Wan's sampling shift 3: the training density matches where the sampler's
+        # steps are (a third of them above sigma 0.9).
+        u = (torch.randint(1, num_train_timesteps + 1, (b,), generator=gen).float()) / num_train_timesteps
+        k = torch.clamp(torch.round(3 * u / (1 + 2 * u) * num_train_timesteps), 1, num_train_timesteps).long()
     elif kind == "logit_normal":
         u = torch.sigmoid(torch.randn(b, generator=gen))
         k = torch.clamp(torch.round(u * num_train_timesteps), 1, num_train_timesteps).long()
     else:
-        raise ValueError(f"unknown timestep sampling {kind!r}; expected 'uniform' or 'logit_normal'")
+        raise ValueError(f"unknown timestep sampling {kind!r}; expected 'uniform', 'shift3' or 'logit_normal'")
     return k.float() / num_train_timesteps
 
 
@@ -101,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--timestep-sampling", choices=["logit_normal", "uniform"], default="logit_normal")
+    ap.add_argument("--timestep-sampling", choices=["logit_normal", "uniform", "shift3"], default="shift3")
+    ap.add_argument(
+        "--stop-after", type=int, default=0, help="end (and save) after N steps; the LR schedule still spans --steps"
+    )
+    ap.add_argument("--init", default=None, help="start from the weights of a tiny-teacher file (fine-tuning)")
     ap.add_argument("--caption-dropout", type=float, default=0.1)
     ap.add_argument("--save-every", type=int, default=200, help="write the EMA weights every N steps")
     ap.add_argument("--preview-every", type=int, default=0, help="write a preview contact sheet every N steps (0: end)")
@@ -124,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     data = TinyVideoDataset(seed=args.seed, config=video_cfg)
     torch.manual_seed(args.seed)
     model = build_wan(TEACHER_CONFIG, seed=args.seed).train()
+    init_info: dict = {}
+    if args.init:
+        from qvgen_export.tinyvideo.teacher import load_teacher
+
+        init_model, _, init_info = load_teacher(args.init)
+        model.load_state_dict(init_model.state_dict())
+        print(f"initialised from {args.init} ({init_info['training'].get('steps')} steps)")
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
@@ -149,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "final_loss_ema": loss_avg,
             "wall_seconds": round(time.time() - t_start, 1),
             "parameters": n_params,
+            "init": init_info.get("training"),
             "command": "python -m trainer.teacher " + " ".join(argv if argv is not None else sys.argv[1:]),
         }
         return save_teacher(out, ema, te, video_cfg, DEFAULT_SAMPLING, training)
@@ -186,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         log.flush()
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
             info = save(step + 1)
+        if args.stop_after and step + 1 >= args.stop_after:
+            args.steps = step + 1
+            break
         if args.preview_every and (step + 1) % args.preview_every == 0:
             preview(
                 ema,

@@ -26,6 +26,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH", help="a quantized checkpoint")
     ap.add_argument("--ptq", default="", help=SCHEMES_HELP)
     ap.add_argument("--no-calib", action="store_true", help="PTQ without activation-clip calibration")
+    ap.add_argument("--calib-clips", type=int, default=2, help="PTQ calibration clips per sampling timestep")
     ap.add_argument("--prompts-file", default=None, help="one prompt per line (default: the built-in 12 prompts)")
     ap.add_argument("--seeds", default="0,1", help="comma-separated sampling seeds")
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the teacher's setting)")
@@ -77,7 +78,9 @@ def _build(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, Any]:
         from qvgen_export.quant.config import QuantConfig
         from qvgen_export.quant.ptq import ptq_quantize
 
-        calib = None if args.no_calib else calibration_batches(te.encode, settings)
+        if args.calib_clips < 1:
+            raise ValueError(f"--calib-clips must be >= 1, got {args.calib_clips}")
+        calib = None if args.no_calib else calibration_batches(te.encode, settings, clips_per_step=args.calib_clips)
         for scheme in schemes:
             name = f"{scheme}-ptq"
             if name in models:

@@ -324,7 +324,7 @@ def error_plot_series(report: dict[str, Any], kind: str = "teacher_forced") -> d
 def calibration_batches(
     text_encode: TextEncode,
     settings: EvalSettings,
-    clips_per_step: int = 4,
+    clips_per_step: int = 2,
     seed: int = 10_000,
 ) -> list[dict[str, torch.Tensor]]:
     """PTQ calibration inputs at exactly the timesteps the sampler will visit.
