@@ -33,17 +33,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qvgen_export.eval.harness import (  # noqa: E402
+from qvgen_export.eval.harness import (
     DEFAULT_PROMPTS,
     EvalSettings,
     calibration_batches,
     compare_models,
     json_report,
 )
-from qvgen_export.quant.config import QuantConfig  # noqa: E402
-from qvgen_export.quant.ptq import ptq_quantize  # noqa: E402
-from trainer.qat.config import Method, TrainConfig  # noqa: E402
-from trainer.qat.loop import TrainResult, train  # noqa: E402
+from qvgen_export.quant.config import QuantConfig
+from qvgen_export.quant.ptq import ptq_quantize
+from trainer.qat.config import Method, TrainConfig
+from trainer.qat.loop import TrainResult, train
 
 QAT_METHODS = (Method.LSQ, Method.QDM, Method.EFFICIENTDM, Method.QVGEN, Method.QVGEN_KEEP_PHI)
 LABELS = {
@@ -55,7 +55,13 @@ LABELS = {
     "qvgen_keep_phi": "QVGen keep-Phi (ablation, PyTorch only)",
     "qvd_w8a8": "QVD (PTQ)",
 }
-METRIC_COLS = ("prompt_adherence", "subject_consistency", "motion_smoothness", "dynamic_degree", "background_consistency")
+METRIC_COLS = (
+    "prompt_adherence",
+    "subject_consistency",
+    "motion_smoothness",
+    "dynamic_degree",
+    "background_consistency",
+)
 
 
 def load_teacher_or_random() -> tuple[torch.nn.Module, Any, dict[str, Any], str]:
@@ -138,10 +144,12 @@ def markdown(results: dict[str, Any]) -> str:
     s = results["settings"]
     lines += [
         "",
-        f"{'SMOKE RUN (not a result): ' if s['smoke'] else ''}teacher={s['teacher']}, {s['steps']} QAT steps x "
-        f"batch {s['batch_size']} per method (same data and noise for all), eval {s['eval']['prompts']} prompts x "
-        f"{s['eval']['seeds']} seeds, {s['eval']['num_steps']} UniPC steps, CFG {s['eval']['guidance_scale']}. "
-        "PSNR/SSIM and relative error vs the float teacher with the same noise.",
+        (
+            f"{'SMOKE RUN (not a result): ' if s['smoke'] else ''}teacher={s['teacher']}, {s['steps']} QAT steps x "
+            f"batch {s['batch_size']} per method (same data and noise for all), eval {s['eval']['prompts']} prompts "
+            f"x {s['eval']['seeds']} seeds, {s['eval']['num_steps']} UniPC steps, CFG {s['eval']['guidance_scale']}. "
+            "PSNR/SSIM and relative error vs the float teacher with the same noise."
+        ),
     ]
     return "\n".join(lines) + "\n"
 

@@ -59,3 +59,12 @@ def test_torn_state_is_ignored(tmp_path, make_config, tiny_teacher):
     assert latest_state(tmp_path / "run").name == "step-0000001"
     res = train(run, *tiny_teacher)
     assert res.completed and res.history[0]["step"] == 1
+
+
+def test_resume_with_other_settings_is_refused(make_config, tiny_teacher):
+    import pytest
+
+    run = make_config(method="qdm", steps=2, save_every=1)
+    train(run.replace(stop_after=1), *tiny_teacher)
+    with pytest.raises(ValueError, match="the saved run has steps=2 but this config has steps=3"):
+        train(run.replace(steps=3), *tiny_teacher)

@@ -120,6 +120,21 @@ def _truncate_log(path: Path, start: int) -> None:
     path.write_text("".join(x + "\n" for x in keep))
 
 
+# Settings that may change between a run and its resumption (they do not change the result).
+_RUN_MANAGEMENT = {"out_dir", "save_every", "keep_states", "log_every", "threads", "progress", "stop_after"}
+
+
+def _check_resumable(path: Path, saved: dict[str, Any], cfg: TrainConfig) -> None:
+    now = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as the saved JSON has them
+    diff = sorted(k for k in now if k not in _RUN_MANAGEMENT and saved.get(k) != now[k])
+    if diff:
+        k = diff[0]
+        raise ValueError(
+            f"{path}: the saved run has {k}={saved.get(k)!r} but this config has {k}={now[k]!r}; "
+            "use a fresh out_dir or the original settings"
+        )
+
+
 def _grad_norm(params: list[nn.Parameter]) -> float:
     norms = [p.grad.detach().float().norm() for p in params if p.grad is not None]
     return float(torch.stack(norms).norm()) if norms else 0.0
@@ -179,10 +194,7 @@ def train(
     if state_path is not None:
         meta, tensors = read_state(state_path)
         start = int(meta["next_step"])
-        if meta.get("config", {}).get("method") != cfg.method.value:
-            raise ValueError(
-                f"{state_path}: belongs to a '{meta.get('config', {}).get('method')}' run, not {cfg.method.value}"
-            )
+        _check_resumable(state_path, meta.get("config", {}), cfg)
     # Phi exists from step 0 until it is deleted at the start of step phi_end.
     has_phi = spec.phi and (sched is None or start <= sched.phi_end)
     student, spectra = build_student(
