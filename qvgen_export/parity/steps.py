@@ -52,7 +52,9 @@ def add_code_outputs(onnx_path: Path, out_path: Path) -> list[str]:
         graph.insert_after(qnode, cast)
         graph.outputs.append(cast.outputs[0])
         names.append(layer)
-    ir.save(model, out_path)
+    # Weights go to a data file beside the copy: the source may itself use external data, whose
+    # relative path would not resolve from the copy's folder.
+    ir.save(model, out_path, external_data=out_path.name + ".data")
     return names
 
 
