@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     _log(f"[3/5] exporting {ckpt.name} to ONNX")
     t = time.perf_counter()
     export_dir = out / f"onnx_{qcfg.name}"
-    export_checkpoint(ckpt, export_dir, target="onnx", overwrite=True)
+    export_checkpoint(ckpt, export_dir, target="onnx", overwrite=True, progress=progress)
     timings["export_s"] = time.perf_counter() - t
 
     _log("[4/5] sampling with the exported model in ONNX Runtime")

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or artifacts_dir() / f"{args.ckpt.stem}_{args.target}"
     if not args.quiet:
         print(f"exporting {args.ckpt} -> {out} (target {args.target}) ...", file=sys.stderr)
-    fields = export_checkpoint(args.ckpt, out, target=args.target, overwrite=args.overwrite)
+    fields = export_checkpoint(args.ckpt, out, target=args.target, overwrite=args.overwrite, progress=not args.quiet)
     if not args.quiet:
         qc = fields["quant_config"]
         print(

@@ -10,10 +10,12 @@ formula as PyTorch (``functional.timestep_group``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from qvgen_export.export.modules import to_export_form  # also registers qvgen::quant_linear
 from qvgen_export.quant.modules import QuantizedWan
@@ -220,7 +223,26 @@ def _shape_list(value: Any) -> list[Any]:
     return [d if isinstance(d, int) else str(d) for d in value.shape] if value.shape is not None else []
 
 
-def export_onnx(model: nn.Module, out_dir: Path, target: str = "onnx", check: bool = True) -> ExportResult:
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's and optimiser's chatter (missing torchvision ops, skipped folds)."""
+    names = ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels, strict=True):
+            lg.setLevel(lv)
+
+
+def export_onnx(
+    model: nn.Module, out_dir: Path, target: str = "onnx", check: bool = True, progress: bool = False
+) -> ExportResult:
     """Export ``model`` into ``out_dir`` (which must exist and be empty; see ``pipeline``).
 
     ``model`` is a :class:`QuantizedWan` for ``target='onnx'`` (it is deep-copied, then frozen to
@@ -240,8 +262,9 @@ def export_onnx(model: nn.Module, out_dir: Path, target: str = "onnx", check: bo
             raise ValueError(f"target {target!r} needs a quantized model")
         exported, config = model, model.config
     args = example_inputs(config)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    bar = tqdm(total=4, desc="export", disable=not progress, leave=False)
+    bar.set_postfix_str("tracing and lowering")
+    with _quiet_exporter():
         program = torch.onnx.export(
             _Positional(exported).eval(),
             args,
@@ -258,9 +281,14 @@ def export_onnx(model: nn.Module, out_dir: Path, target: str = "onnx", check: bo
         )
     ir_model = program.model
     folded = _fold_int4_casts(ir_model)
+    bar.update()
+    bar.set_postfix_str("optimising")
     import onnxscript
 
-    onnxscript.optimizer.optimize(ir_model)
+    with _quiet_exporter():
+        onnxscript.optimizer.optimize(ir_model)
+    bar.update()
+    bar.set_postfix_str("saving")
     _compact_node_metadata(ir_model)
     ir_model.ir_version = IR_VERSION
     ir_model.producer_name = "qvgen-export"
@@ -271,9 +299,13 @@ def export_onnx(model: nn.Module, out_dir: Path, target: str = "onnx", check: bo
         ir.save(ir_model, onnx_path, external_data=DATA_FILE)
     else:
         ir.save(ir_model, onnx_path)
+    bar.update()
+    bar.set_postfix_str("checking")
     if check:
         # full_check runs strict shape inference too; by path so external data is fine.
         onnx.checker.check_model(str(onnx_path), full_check=True)
+    bar.update()
+    bar.close()
     quant_nodes = sum(1 for n in ir_model.graph if n.op_type == "QuantizeLinear")
     return ExportResult(
         onnx_path=onnx_path,

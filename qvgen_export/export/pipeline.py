@@ -27,7 +27,7 @@ def check_target(target: str) -> None:
 
 
 def export_checkpoint(
-    ckpt: str | Path, out_dir: str | Path, target: str = "onnx", overwrite: bool = False
+    ckpt: str | Path, out_dir: str | Path, target: str = "onnx", overwrite: bool = False, progress: bool = False
 ) -> dict[str, Any]:
     """Export a quantized checkpoint to ``out_dir``; returns the manifest fields written.
 
@@ -42,7 +42,7 @@ def export_checkpoint(
         raise FileExistsError(f"{out_dir}: already exists (use --overwrite to replace it)")
     model, info = load_quantized_model(ckpt)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        result = export_onnx(model, tmp, target=target)
+        result = export_onnx(model, tmp, target=target, progress=progress)
         fields: dict[str, Any] = {
             "format": EXPORT_FORMAT,
             "target": target,

@@ -8,7 +8,6 @@ lowering as the full model, and Polygraphy runs both sides on that input.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qvgen_export.export.modules import ExportQuantLinear
-from qvgen_export.export.onnx_export import IR_VERSION, OPSET, _fold_int4_casts, _lowering
+from qvgen_export.export.onnx_export import IR_VERSION, OPSET, _fold_int4_casts, _lowering, _quiet_exporter
 from qvgen_export.quant.modules import QuantContext, QuantizedWan
 
 LAYER_TOLERANCE = 1e-5  # max |ORT - PyTorch| relative to max |PyTorch output|
@@ -75,8 +74,7 @@ def capture_layer_inputs(
 def _export_layer(harness: _LayerHarness, x: torch.Tensor, group: torch.Tensor) -> Any:
     """ONNX (onnx_ir model) of one layer through the same lowering as the full model."""
     dims = {i: torch.export.Dim.AUTO for i in range(x.dim() - 1)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _quiet_exporter():
         prog = torch.onnx.export(
             harness,
             (x, group),

@@ -64,7 +64,7 @@ def test_existing_output_needs_overwrite(tmp_path, capsys, w4a4_ckpt):
 
 
 def test_failed_export_leaves_nothing(tmp_path, capsys, w4a4_ckpt, monkeypatch):
-    def half_written(model, out_dir, target="onnx", check=True):
+    def half_written(model, out_dir, **kwargs):
         (out_dir / "model.onnx").write_bytes(b"partial")
         raise ValueError("simulated failure in the middle of the export")
 
