@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=None, help="evaluation prompts (default 12; smoke 2)")
     ap.add_argument("--sample-steps", type=int, default=None, help="UniPC steps (default 10; smoke 3)")
     ap.add_argument("--phi-rank", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=0)
+    # One thread by default: on a shared 2-core machine two OpenMP workers spin against each other.
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch default)")
     ap.add_argument("--no-qvd", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)

@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 from qvgen_export.models.wan import TINY_WAN_CONFIG
 from trainer.qat.config import TrainConfig
@@ -32,6 +33,16 @@ def tiny_config(tmp_path, **overrides) -> TrainConfig:
     }
     base.update(overrides)
     return TrainConfig.from_dict(base)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is ~20x faster than two on a loaded 2-core machine (OpenMP
+    workers spin while waiting); restored afterwards so other test modules are unaffected."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture()
