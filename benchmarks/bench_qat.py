@@ -85,7 +85,7 @@ def _plot_grad_norms(curves: dict[str, dict[str, list[float]]], path: Path) -> P
     from PIL import Image, ImageDraw
 
     colors = {"qvgen": (214, 39, 40), "qvgen (W/s/z/clips only)": (255, 152, 150), "qdm": (31, 119, 180)}
-    pw, ph, ml, mt = 460, 300, 70, 50
+    pw, ph, ml, mt = 620, 300, 70, 50
     img = Image.new("RGB", (len(curves) * (pw + ml + 20) + 20, ph + mt + 70), (255, 255, 255))
     d = ImageDraw.Draw(img)
     for j, (scheme, series) in enumerate(curves.items()):
@@ -113,8 +113,10 @@ def _plot_grad_norms(curves: dict[str, dict[str, list[float]]], path: Path) -> P
             col = colors.get(name, (44, 160, 44))
             if len(pts) > 1:
                 d.line(pts, fill=col, width=2)
-            d.rectangle((x0 + 10 + i * 150, y1 + 30, x0 + 22 + i * 150, y1 + 40), fill=col)
-            d.text((x0 + 26 + i * 150, y1 + 29), name, fill=(0, 0, 0))
+            d.rectangle((x0 + 10 + i * 200, y1 + 30, x0 + 22 + i * 200, y1 + 40), fill=col)
+            d.text((x0 + 26 + i * 200, y1 + 29), name, fill=(0, 0, 0))
+        d.text((x0 - 3, y1 + 4), "0", fill=(60, 60, 60))
+        d.text((x1 - 12, y1 + 4), str(n - 1), fill=(60, 60, 60))
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
     return path
@@ -267,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             row_scheme = "w8a8" if name == "qvd_w8a8" else scheme
             results["rows"].append(_row(row_scheme, name, entry, train_info.get(name)))
         results["grad_norm"][scheme] = {
-            "qvgen": [r["grad_norm"] for r in runs["qvgen"].history],
+            # Drawn in this order: the partial norm first so the total stays visible on top of it.
             "qvgen (W/s/z/clips only)": [r["grad_norm_base"] for r in runs["qvgen"].history],
+            "qvgen": [r["grad_norm"] for r in runs["qvgen"].history],
             "qdm": [r["grad_norm"] for r in runs["qdm"].history],
             "qvgen_rank": [r.get("rank", 0) for r in runs["qvgen"].history],
         }
