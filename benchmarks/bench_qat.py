@@ -10,10 +10,12 @@ output, the final training loss, and the mean step time relative to LSQ; plus th
 curves of QVGen vs Q-DM (JSON + PNG drawn with PIL). Prints JSON and Markdown and writes them under
 ``artifacts/bench_qat/`` (``artifacts/bench_qat_smoke/`` with ``--smoke``).
 
-Full configuration (what fits ~90 minutes on 2 loaded CPU cores, chosen, not tuned): 120 QAT steps
-at global batch 2 per method (the six-stage rank-decay structure is kept: T_d = 18 steps, Phi
-gone at step 108, 12 Phi-free final steps), evaluation on the harness's 12 prompts x 1 seed,
-UniPC 10 steps, CFG 4, shift 3. PTQ and QVD calibrate on the harness's calibration batches.
+Full configuration (sized from measured step times, ~0.3 s per sample-step with one thread, to
+~65-90 minutes on 2 CPU cores; chosen, not tuned): 240 QAT steps at global batch 4 per method
+(the six-stage rank-decay structure is kept: T_d = 36 steps, Phi gone at step 216, 24 Phi-free
+final steps = 10%), evaluation on the harness's 12 prompts x 1 seed, UniPC 20 steps (the
+teacher's recommended sampling), CFG 4, shift 3. PTQ and QVD calibrate on the harness's
+calibration batches. One torch thread by default (``--threads``).
 """
 
 from __future__ import annotations
@@ -159,21 +161,21 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny configuration: proves the pipeline, not a result")
-    ap.add_argument("--steps", type=int, default=None, help="QAT steps per method (default 120; smoke 8)")
-    ap.add_argument("--batch-size", type=int, default=None, help="global batch (default 2; smoke 1)")
+    ap.add_argument("--steps", type=int, default=None, help="QAT steps per method (default 240; smoke 8)")
+    ap.add_argument("--batch-size", type=int, default=None, help="global batch (default 4; smoke 1)")
     ap.add_argument("--schemes", default="w4a4,w3a3")
     ap.add_argument("--prompts", type=int, default=None, help="evaluation prompts (default 12; smoke 2)")
-    ap.add_argument("--sample-steps", type=int, default=None, help="UniPC steps (default 10; smoke 3)")
+    ap.add_argument("--sample-steps", type=int, default=None, help="UniPC steps (default 20; smoke 3)")
     ap.add_argument("--phi-rank", type=int, default=32)
     # One thread by default: on a shared 2-core machine two OpenMP workers spin against each other.
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch default)")
     ap.add_argument("--no-qvd", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    steps = args.steps or (8 if args.smoke else 120)
-    batch = args.batch_size or (1 if args.smoke else 2)
+    steps = args.steps or (8 if args.smoke else 240)
+    batch = args.batch_size or (1 if args.smoke else 4)
     n_prompts = args.prompts or (2 if args.smoke else len(DEFAULT_PROMPTS))
-    sample_steps = args.sample_steps or (3 if args.smoke else 10)
+    sample_steps = args.sample_steps or (3 if args.smoke else 20)
     phi_rank = 4 if args.smoke and args.phi_rank == 32 else args.phi_rank
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     for s in schemes:
