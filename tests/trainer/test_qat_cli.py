@@ -12,7 +12,10 @@ from trainer.qat.cli import config_from_args, main
 def test_toml_and_flags(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('[train]\nmethod = "qdm"\nscheme = "w3a3"\nsteps = 40\nbetas = [0.9, 0.95]\n')
-    cfg, _ = config_from_args(["--config", str(p), "--steps", "50", "--lr-clip", "0.02", "--no-progress"])
+    cfg, _ = config_from_args(
+        ["--config", str(p), "--steps", "50", "--lr-clip", "0.02", "--no-progress", "--exclude", "proj_out"]
+    )
+    assert cfg.exclude == ("proj_out",) and cfg.quant_config().exclude == ("proj_out",)
     assert cfg.method.value == "qdm" and cfg.scheme == "w3a3" and cfg.steps == 50
     assert cfg.lr_clip == 0.02 and cfg.progress is False and cfg.betas == (0.9, 0.95)
 

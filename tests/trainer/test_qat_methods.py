@@ -80,3 +80,12 @@ def test_lsq_gradient_scaling_is_applied(tiny_teacher):
     g_scaled, g_plain = grads(True), grads(False)
     factor = QF.lsq_grad_factor(layer.in_features, layer.config.weight_bits)
     torch.testing.assert_close(g_scaled, g_plain * factor, rtol=1e-4, atol=1e-10)
+
+
+def test_excluded_layers_stay_float(make_config, tiny_teacher):
+    from torch import nn
+
+    res = train(make_config(method="qdm", steps=1, save_every=10, exclude=["proj_out", "*.ffn.*"]), *tiny_teacher)
+    names = set(res.qmodel.quant_linears())
+    assert "proj_out" not in names and not any(".ffn." in n for n in names) and names
+    assert type(res.qmodel.transformer.proj_out) is nn.Linear

@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", help="TOML file with TrainConfig keys (top level or under [train])")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name, f in fields.items():
-        if name in ("model_config", "betas"):
+        if name in ("model_config", "betas", "include", "exclude"):
             continue
         flag = "--" + name.replace("_", "-")
         if f.type in ("bool",) or isinstance(f.default, bool):
@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                 kind = float
             ap.add_argument(flag, dest=name, type=kind, default=None)
     ap.add_argument("--betas", type=float, nargs=2, default=None)
+    ap.add_argument("--include", nargs="+", default=None, metavar="PATTERN", help="quantize these linears (fnmatch)")
+    ap.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN", help="keep these linears in float")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
     return ap
 

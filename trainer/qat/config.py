@@ -44,6 +44,9 @@ class TrainConfig:
     warmup_frac: float = 0.1
     grad_clip: float = 1.0
     caption_dropout: float = 0.05
+    # Which nn.Linear layers are quantized (fnmatch patterns on module names; QuantConfig semantics)
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
     # Phi and rank decay (QVGen)
     phi_rank: int = 32
     decay_lambda: float = 0.5  # share of the columns decayed per stage (the paper's best, 1/2)
@@ -73,6 +76,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
         from qvgen_export.quant.config import QuantConfig
 
         QuantConfig.preset(self.scheme)  # raises ValueError naming the scheme
@@ -122,13 +127,20 @@ class TrainConfig:
         from qvgen_export.quant.config import QuantConfig
 
         groups = 1 if self.method is Method.LSQ else 50
-        return QuantConfig.preset(self.scheme, timestep_groups=groups, num_train_timesteps=self.num_train_timesteps)
+        return QuantConfig.preset(
+            self.scheme,
+            timestep_groups=groups,
+            num_train_timesteps=self.num_train_timesteps,
+            include=self.include,
+            exclude=self.exclude,
+        )
 
     # -- serialisation -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["method"] = self.method.value
         d["betas"] = list(self.betas)
+        d["include"], d["exclude"] = list(self.include), list(self.exclude)
         return d
 
     @classmethod
