@@ -25,8 +25,12 @@ class ExportQuantLinear(nn.Module):
             # A frozen Parameter, not a buffer: diffusers reads next(module.parameters()).dtype.
             self.w_scale_t = nn.Parameter(src.w_scale.detach().float().t().contiguous(), requires_grad=False)  # [G, N]
             self.register_buffer("w_zs_t", (src.w_zero * src.w_scale).detach().float().t().contiguous())
-            self.register_buffer("clip_lower", src.clip_lower.detach().float().clone())
-            self.register_buffer("clip_upper", src.clip_upper.detach().float().clone())
+            # Factor tables, not logits: the graph then only gathers (see functional.clip_tables).
+            lo_t, hi_t = QF.clip_tables(
+                src.clip_lower.detach().float(), src.clip_upper.detach().float(), cfg.act_clip_base
+            )
+            self.register_buffer("clip_lo_table", lo_t.contiguous())
+            self.register_buffer("clip_hi_table", hi_t.contiguous())
             self.register_buffer("bias", None if src.bias is None else src.bias.detach().float().clone())
         object.__setattr__(self, "ctx", src.ctx)
 
@@ -34,7 +38,7 @@ class ExportQuantLinear(nn.Module):
         group = self.ctx.group
         if group is None:
             raise RuntimeError("ExportQuantLinear called without a timestep group")
-        lo, hi = QF.clip_factors(self.clip_lower, self.clip_upper, group, self.config.act_clip_base)
+        lo, hi = self.clip_lo_table[group], self.clip_hi_table[group]
         shape = (-1,) + (1,) * (x.dim() - 1)  # per-sample factor against [B, ..., K]
         return quant_linear(
             x,

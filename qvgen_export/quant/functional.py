@@ -108,8 +108,21 @@ def fake_quant_act(x: torch.Tensor, clip_lo: torch.Tensor, clip_hi: torch.Tensor
     return (act_codes(x, scale, zp, qmax) - zp) * scale
 
 
+def clip_tables(
+    lower_logits: torch.Tensor, upper_logits: torch.Tensor, base: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip factor tables ``base * sigmoid(logits)`` ``[T]``, computed over the whole table.
+
+    Always the whole table, then gathered: the exported graph stores these tables as constants
+    (ONNX Runtime's Sigmoid differs from PyTorch's in the last bit, and torch's vectorised and
+    scalar paths may too), so PyTorch must compute them the one way the exporter does.
+    """
+    return base * torch.sigmoid(lower_logits), base * torch.sigmoid(upper_logits)
+
+
 def clip_factors(
     lower_logits: torch.Tensor, upper_logits: torch.Tensor, group: torch.Tensor, base: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample clip factors ``base * sigmoid(logit[k])`` for group indices ``group [B]``."""
-    return base * torch.sigmoid(lower_logits[group]), base * torch.sigmoid(upper_logits[group])
+    lo, hi = clip_tables(lower_logits, upper_logits, base)
+    return lo[group], hi[group]
