@@ -97,7 +97,9 @@ def test_cli_ptq_and_checkpoint(tiny: tuple[torch.nn.Module, TinyTextEncoder], t
 
     model, te = tiny
     teacher = tmp_path / "teacher.safetensors"
-    save_teacher(teacher, model, te, VideoConfig(), {"scheduler": "unipc", "shift": 3.0, "num_steps": 2, "guidance_scale": 4.0})
+    save_teacher(
+        teacher, model, te, VideoConfig(), {"scheduler": "unipc", "shift": 3.0, "num_steps": 2, "guidance_scale": 4.0}
+    )
     ckpt = tmp_path / "w4a4.safetensors"
     save_checkpoint(ptq_quantize(copy.deepcopy(model), QuantConfig.preset("w4a4"), progress=False), ckpt)
     prompts = tmp_path / "prompts.txt"
