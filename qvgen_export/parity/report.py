@@ -19,10 +19,15 @@ from qvgen_export.runtime.sampler import sample_video
 from qvgen_export.runtime.video import pixel_decode
 from qvgen_export.utils.atomic import atomic_file
 
-# Acceptance thresholds of the statistical checks (per-layer exactness is LAYER_TOLERANCE).
-MIN_STEP_COSINE = 0.999
-MIN_CODE_AGREEMENT = 0.99
-MIN_VIDEO_PSNR_DB = 30.0
+# Whole-model checks are judged against a noise floor: the PyTorch model against itself with
+# inputs perturbed by FLOOR_PERTURBATION (relative). A deep W4A4 graph turns any float
+# difference into flipped activation codes that compound with depth, so a fixed threshold is
+# either meaningless or model-dependent; "no worse than float noise" is neither.
+# (Per-layer exactness, the check that catches lowering bugs, is LAYER_TOLERANCE.)
+FLOOR_PERTURBATION = 1e-6
+MAX_DEVIATION_RATIO = 2.0  # (1 - metric) may be at most this multiple of the floor's
+MIN_FLOOR_DEVIATION = 1e-4  # a floor with no deviation still allows this much
+VIDEO_PSNR_MARGIN_DB = 3.0  # video PSNR may sit this far below the floor's video PSNR
 
 
 @dataclass
@@ -74,10 +79,15 @@ def run_parity(
     step_results = step_parity.check_steps(
         model, onnx_path, recorder.calls, work_dir, session_config, calls_per_step, progress
     )
-    # 4. The whole video sampled by ONNX Runtime from the same noise.
+    floor_calls = step_parity.noise_floor(model, recorder.calls, FLOOR_PERTURBATION)
+    # 4. The whole video sampled by ONNX Runtime from the same noise, and the floor's video.
     lat_ort = sample_video(Denoiser(backend), spec.prompt_embeds, spec.negative_embeds, **kw)  # type: ignore[arg-type]
-    f_pt, f_ort = pixel_decode(lat_pt).numpy(), pixel_decode(lat_ort).numpy()
-    video_psnr = step_parity.psnr(f_pt, f_ort, peak=1.0)
+    lat_floor = sample_video(
+        step_parity.PerturbOnce(model, FLOOR_PERTURBATION), spec.prompt_embeds, spec.negative_embeds, **kw
+    )  # type: ignore[arg-type]
+    f_pt = pixel_decode(lat_pt).numpy()
+    video_psnr = step_parity.psnr(f_pt, pixel_decode(lat_ort).numpy(), peak=1.0)
+    floor_video_psnr = step_parity.psnr(f_pt, pixel_decode(lat_floor).numpy(), peak=1.0)
     latent_cos = step_parity.cosine(lat_pt.numpy(), lat_ort.numpy())
 
     rel = [r.relative_error for r in layer_results]
@@ -96,25 +106,36 @@ def run_parity(
         "step_mean_code_agreement": float(np.mean(agree)),
         "video_psnr_db": video_psnr,
         "final_latent_cosine": latent_cos,
+        "floor_mean_cosine": float(np.mean([f.cosine for f in floor_calls])),
+        "floor_mean_code_agreement": float(np.mean([f.code_agreement for f in floor_calls])),
+        "floor_video_psnr_db": floor_video_psnr,
     }
+    summary["cosine_deviation_ratio"] = _ratio(summary["step_mean_cosine"], summary["floor_mean_cosine"])
+    summary["code_deviation_ratio"] = _ratio(summary["step_mean_code_agreement"], summary["floor_mean_code_agreement"])
     summary["passed"] = bool(
         summary["layers_passed"] == summary["layers"]
-        and summary["step_min_cosine"] >= MIN_STEP_COSINE
-        and summary["step_min_code_agreement"] >= MIN_CODE_AGREEMENT
-        and video_psnr >= MIN_VIDEO_PSNR_DB
+        and summary["cosine_deviation_ratio"] <= MAX_DEVIATION_RATIO
+        and summary["code_deviation_ratio"] <= MAX_DEVIATION_RATIO
+        and video_psnr >= floor_video_psnr - VIDEO_PSNR_MARGIN_DB
     )
     return {
         "summary": summary,
         "thresholds": {
             "layer_relative_error": layer_parity.LAYER_TOLERANCE,
-            "step_cosine": MIN_STEP_COSINE,
-            "code_agreement": MIN_CODE_AGREEMENT,
-            "video_psnr_db": MIN_VIDEO_PSNR_DB,
+            "floor_perturbation": FLOOR_PERTURBATION,
+            "max_deviation_ratio": MAX_DEVIATION_RATIO,
+            "min_floor_deviation": MIN_FLOOR_DEVIATION,
+            "video_psnr_margin_db": VIDEO_PSNR_MARGIN_DB,
         },
         "sampling": {k: v for k, v in kw.items() if k != "progress"},
         "layers": layer_parity.as_dicts(layer_results),
         "steps": step_parity.as_dicts(step_results),
     }
+
+
+def _ratio(metric: float, floor: float) -> float:
+    """``(1 - metric) / (1 - floor)``: how many floors of deviation (1 = as close as float noise)."""
+    return (1.0 - metric) / max(1.0 - floor, MIN_FLOOR_DEVIATION)
 
 
 def _fmt(v: Any) -> str:
@@ -132,15 +153,27 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"Verdict: **{'PASS' if s['passed'] else 'FAIL'}**",
         "",
-        "| check | value | threshold |",
-        "|---|---|---|",
-        f"| layers within tolerance | {s['layers_passed']}/{s['layers']} | max rel. error <= {_fmt(s['layer_tolerance'])} |",
-        f"| worst layer relative error | {_fmt(s['layer_max_relative_error'])} | |",
-        f"| min cosine over {s['calls']} calls | {_fmt(s['step_min_cosine'])} | >= {MIN_STEP_COSINE} |",
-        f"| min PSNR over calls (dB) | {_fmt(s['step_min_psnr_db'])} | |",
-        f"| min activation-code agreement | {_fmt(s['step_min_code_agreement'])} | >= {MIN_CODE_AGREEMENT} |",
-        f"| video PSNR (dB) | {_fmt(s['video_psnr_db'])} | >= {MIN_VIDEO_PSNR_DB} |",
-        f"| final latent cosine | {_fmt(s['final_latent_cosine'])} | |",
+        (
+            f"Whole-model figures are judged against the noise floor: the PyTorch model against itself with its input "
+            f"perturbed by {FLOOR_PERTURBATION:g} (relative)."
+        ),
+        "",
+        "| check | ONNX Runtime vs PyTorch | noise floor | pass if |",
+        "|---|---|---|---|",
+        f"| layers within tolerance | {s['layers_passed']}/{s['layers']} | | all, max rel. error <= {_fmt(s['layer_tolerance'])} |",
+        f"| worst layer relative error | {_fmt(s['layer_max_relative_error'])} | | |",
+        (
+            f"| mean cosine over {s['calls']} calls | {_fmt(s['step_mean_cosine'])} | {_fmt(s['floor_mean_cosine'])} | "
+            f"deviation ratio {_fmt(s['cosine_deviation_ratio'])} <= {MAX_DEVIATION_RATIO} |"
+        ),
+        (
+            f"| mean activation-code agreement | {_fmt(s['step_mean_code_agreement'])} | {_fmt(s['floor_mean_code_agreement'])} | "
+            f"deviation ratio {_fmt(s['code_deviation_ratio'])} <= {MAX_DEVIATION_RATIO} |"
+        ),
+        f"| min cosine / min code agreement | {_fmt(s['step_min_cosine'])} / {_fmt(s['step_min_code_agreement'])} | | |",
+        f"| min PSNR over calls (dB) | {_fmt(s['step_min_psnr_db'])} | | |",
+        f"| video PSNR (dB) | {_fmt(s['video_psnr_db'])} | {_fmt(s['floor_video_psnr_db'])} | >= floor - {VIDEO_PSNR_MARGIN_DB} |",
+        f"| final latent cosine | {_fmt(s['final_latent_cosine'])} | | |",
         "",
         "## Per call",
         "",

@@ -196,3 +196,51 @@ def check_steps(
 
 def as_dicts(results: list[StepParity]) -> list[dict[str, Any]]:
     return [asdict(r) for r in results]
+
+
+@dataclass
+class FloorCall:
+    cosine: float
+    code_agreement: float
+
+
+@torch.no_grad()
+def noise_floor(
+    model: QuantizedWan, calls: list[dict[str, torch.Tensor]], rel: float, seed: int = 0
+) -> list[FloorCall]:
+    """How far the PyTorch model itself moves when each call's input is perturbed by ``rel``.
+
+    A deep W4A4 network amplifies float noise: a 1e-7 difference flips an activation code and
+    the flip propagates. Another runtime's deviation is judged against this floor, measured with
+    the same statistics on the same calls.
+    """
+    recorder = CodeRecorder(model)
+    gen = torch.Generator().manual_seed(seed)
+    out: list[FloorCall] = []
+    try:
+        for c in calls:
+            x, t, e = c["hidden_states"], c["timestep"], c["encoder_hidden_states"]
+            ref = model(x, t, e, return_dict=False)[0]
+            ref_codes = dict(recorder.codes)
+            noisy = x * (1 + rel * torch.randn(x.shape, generator=gen))
+            v = model(noisy, t, e, return_dict=False)[0]
+            agree = sum(int((recorder.codes[n] == ref_codes[n]).sum()) for n in ref_codes)
+            total = sum(ref_codes[n].numel() for n in ref_codes)
+            out.append(FloorCall(cosine(ref.numpy(), v.numpy()), agree / total if total else 1.0))
+    finally:
+        recorder.close()
+    return out
+
+
+class PerturbOnce:
+    """A denoiser whose first call sees its input perturbed by ``rel`` (i.e. perturbed noise)."""
+
+    def __init__(self, model: Any, rel: float, seed: int = 0) -> None:
+        self.model, self.rel, self.done = model, rel, False
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if not self.done:
+            self.done = True
+            hidden_states = hidden_states * (1 + self.rel * torch.randn(hidden_states.shape, generator=self.gen))
+        return self.model(hidden_states, *args, **kwargs)
