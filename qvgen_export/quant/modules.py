@@ -64,6 +64,14 @@ class QuantLinear(nn.Module):
         if config.weight_symmetric:
             self.w_zero.requires_grad_(False)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "weight_delta":
+            # Phi belongs to the trainer: even an nn.Module delta must not become a submodule
+            # (it would leak into state_dict and the checkpoint).
+            self.__dict__[name] = value
+            return
+        super().__setattr__(name, value)
+
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: QuantConfig, ctx: QuantContext, init: bool = True) -> QuantLinear:
         q = cls(linear.in_features, linear.out_features, linear.bias is not None, config, ctx)

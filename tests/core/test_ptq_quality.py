@@ -53,3 +53,20 @@ def test_calibration_does_not_worsen_layer_error(make_quantized, sample_inputs):
     batch = dict(zip(("hidden_states", "timestep", "encoder_hidden_states"), sample_inputs))
     calibrate_act_clips(q, [batch], progress=False)
     assert err() <= before + 1e-12
+
+
+def test_weight_delta_never_enters_the_state_dict(make_quantized):
+    q = make_quantized()
+    layer = q.quant_linears()["proj_out"]
+
+    class Delta(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lr = torch.nn.Parameter(torch.zeros(layer.out_features, layer.in_features))
+
+        def forward(self):
+            return self.lr
+
+    layer.weight_delta = Delta()
+    assert not any(k.endswith(".lr") for k in q.state_dict())
+    assert layer.weight_delta is not None
