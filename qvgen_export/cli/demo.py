@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     _log(
         f"done in {timings['total_s']:.0f} s. parity {'PASS' if s['passed'] else 'FAIL'}: "
         f"{s['layers_passed']}/{s['layers']} layers within {s['layer_tolerance']:.0e}, "
-        f"min step cosine {s['step_min_cosine']:.5f}, code agreement {s['step_min_code_agreement']:.4f}, "
-        f"video PSNR {s['video_psnr_db']:.1f} dB"
+        f"cosine and code-agreement deviation {s['cosine_deviation_ratio']:.2f}x / {s['code_deviation_ratio']:.2f}x "
+        f"the noise floor, video PSNR {s['video_psnr_db']:.1f} dB (floor {s['floor_video_psnr_db']:.1f} dB)"
     )
     _log(f"outputs in {out}/ (summary.json, parity.md, videos/, {ckpt.name}, {export_dir.name}/)")
     print(out)
