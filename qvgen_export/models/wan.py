@@ -54,16 +54,27 @@ def model_config_dict(model: torch.nn.Module) -> dict[str, Any]:
 def load_diffusers_transformer(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """Load a real Wan transformer from a local diffusers folder (never from a hub).
 
-    ``path`` is a model folder holding ``config.json`` and safetensors weights, or a pipeline
-    folder with a ``transformer/`` subfolder.
+    ``path`` is a model folder holding ``config.json`` and safetensors weights (one file or
+    shards with a ``*.safetensors.index.json``), or a pipeline folder with a ``transformer/``
+    subfolder. The model is built from its config and the weights are read with safetensors
+    directly: no pickle, and no dependency on accelerate's low-memory loading.
     """
     from diffusers import WanTransformer3DModel
+    from safetensors.torch import load_file
 
     p = Path(path)
     if (p / "transformer" / "config.json").is_file():
         p = p / "transformer"
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no diffusers config.json (expected a WanTransformer3DModel folder)")
-    return WanTransformer3DModel.from_pretrained(
-        p, torch_dtype=dtype, local_files_only=True, use_safetensors=True
-    ).eval()
+    files = sorted(p.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{p}: no .safetensors weights (pickled .bin weights are not loaded)")
+    model = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(p))
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{p}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.to(dtype).eval()
