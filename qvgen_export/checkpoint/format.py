@@ -280,14 +280,3 @@ def describe(info: CheckpointInfo) -> str:
     n = len(info.layers)
     params = sum(e["in_features"] * e["out_features"] for e in info.layers)
     return f"{info.model_class} {info.quant_config.name}, {n} quantized linears ({params / 1e6:.2f}M weights)"
-
-
-__all__ = [
-    "FORMAT_VERSION",
-    "CheckpointError",
-    "CheckpointInfo",
-    "describe",
-    "load_quantized_model",
-    "read_info",
-    "save_checkpoint",
-]

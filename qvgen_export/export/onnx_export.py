@@ -241,12 +241,18 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def export_onnx(
-    model: nn.Module, out_dir: Path, target: str = "onnx", check: bool = True, progress: bool = False
+    model: nn.Module,
+    out_dir: Path,
+    target: str = "onnx",
+    check: bool = True,
+    progress: bool = False,
+    inplace: bool = False,
 ) -> ExportResult:
     """Export ``model`` into ``out_dir`` (which must exist and be empty; see ``pipeline``).
 
-    ``model`` is a :class:`QuantizedWan` for ``target='onnx'`` (it is deep-copied, then frozen to
-    its export form) or a float ``WanTransformer3DModel`` for ``target='float'``.
+    ``model`` is a :class:`QuantizedWan` for ``target='onnx'`` (frozen to its export form; a
+    deep copy unless ``inplace``, which saves a second copy of a large model's weights) or a
+    float ``WanTransformer3DModel`` for ``target='float'``.
     """
     import onnx
     import onnx_ir as ir
@@ -255,7 +261,7 @@ def export_onnx(
     if isinstance(model, QuantizedWan):
         if target == "float":
             raise ValueError("target 'float' takes a float model, not a quantized one")
-        exported: nn.Module = to_export_form(copy.deepcopy(model))
+        exported: nn.Module = to_export_form(model if inplace else copy.deepcopy(model))
         config = model.config
     else:
         if target != "float":

@@ -42,7 +42,8 @@ def export_checkpoint(
         raise FileExistsError(f"{out_dir}: already exists (use --overwrite to replace it)")
     model, info = load_quantized_model(ckpt)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        result = export_onnx(model, tmp, target=target, progress=progress)
+        # The model was loaded for this export alone: freeze it in place rather than copy it.
+        result = export_onnx(model, tmp, target=target, progress=progress, inplace=True)
         fields: dict[str, Any] = {
             "format": EXPORT_FORMAT,
             "target": target,

@@ -55,9 +55,9 @@ def quant_linear_qdq(
     x2 = op.Reshape(x, op.Concat(op.Constant(value_ints=[-1]), k, axis=0))
     s1 = op.Reshape(scale, op.Constant(value_ints=[-1]))
     zp = op.QuantizeLinear(op.Reshape(zp_f, op.Constant(value_ints=[-1])), _f(1.0), _zero(a_bits))
-    zp_r = op.Round(zp_f)
     xq = op.DequantizeLinear(op.QuantizeLinear(x2, s1, zp, axis=0), s1, zp, axis=0)
     if a_bits != container_bits(a_bits):
+        zp_r = op.Round(zp_f)
         xq = op.Min(
             xq,
             op.Mul(
