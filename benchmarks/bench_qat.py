@@ -170,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     # One thread by default: on a shared 2-core machine two OpenMP workers spin against each other.
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch default)")
     ap.add_argument("--no-qvd", action="store_true")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run the schemes in this many parallel processes (one thread each) and merge their tables; "
+        "on 2 cores, --jobs 2 halves the wall time",
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     steps = args.steps or (8 if args.smoke else 240)
@@ -188,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out or REPO / ("artifacts/bench_qat_smoke" if args.smoke else "artifacts/bench_qat"))
     out.mkdir(parents=True, exist_ok=True)
+    if args.jobs > 1 and len(schemes) > 1:
+        return _run_parallel(argv if argv is not None else sys.argv[1:], schemes, args.jobs, out)
 
     teacher, te, info, teacher_kind = load_teacher_or_random()
     from qvgen_export.tinyvideo.teacher import latent_shape
@@ -279,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         del models, runs
     results["wall_s"] = time.time() - t_all
+    return _write(results, out)
 
+
+def _write(results: dict[str, Any], out: Path) -> int:
     curves = {s: {k: v for k, v in c.items() if k != "qvgen_rank"} for s, c in results["grad_norm"].items()}
     png = _plot_grad_norms(curves, out / "grad_norm.png")
     (out / "grad_norm.json").write_text(json.dumps(results["grad_norm"], indent=1) + "\n")
@@ -290,6 +302,72 @@ def main(argv: list[str] | None = None) -> int:
     print(md)
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {png}, {out / 'grad_norm.json'}")
     return 0
+
+
+def _strip(argv: list[str], flag: str, has_value: bool) -> list[str]:
+    res, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = has_value
+        elif not a.startswith(flag + "="):
+            res.append(a)
+    return res
+
+
+def _run_parallel(argv: list[str], schemes: list[str], jobs: int, out: Path) -> int:
+    """Each scheme in its own process (``--threads 1``), at most ``jobs`` at once; QVD runs with the
+    first scheme only, as in a sequential run; the parts' results are merged into one table."""
+    import subprocess
+
+    base = argv
+    for flag, has_value in (("--jobs", True), ("--schemes", True), ("--out", True), ("--threads", True)):
+        base = _strip(base, flag, has_value)
+    t0 = time.time()
+    pending = list(enumerate(schemes))
+    running: list[tuple[subprocess.Popen, Path, Any]] = []
+    parts: list[Path] = []
+    failed = False
+    while pending or running:
+        while pending and len(running) < jobs:
+            i, scheme = pending.pop(0)
+            part = out / f"part-{scheme}"
+            cmd = [sys.executable, __file__, *base, "--schemes", scheme, "--out", str(part), "--threads", "1"]
+            if i > 0 and "--no-qvd" not in cmd:
+                cmd.append("--no-qvd")
+            part.mkdir(parents=True, exist_ok=True)
+            log = (part / "log.txt").open("w")
+            print(f"[{scheme}] {' '.join(cmd[1:])}  (log: {part / 'log.txt'})", flush=True)
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), part, log))
+            parts.append(part)
+        time.sleep(2)
+        for job in list(running):
+            proc, part, log = job
+            if proc.poll() is not None:
+                log.close()
+                running.remove(job)
+                print(f"[{part.name}] exit {proc.returncode} after {time.time() - t0:.0f}s", flush=True)
+                failed |= proc.returncode != 0
+    if failed:
+        print("error: a scheme's run failed; see its log.txt", file=sys.stderr)
+        return 1
+    merged: dict[str, Any] = {}
+    for part in parts:
+        r = json.loads((part / "results.json").read_text())
+        if not merged:
+            merged = r
+            merged["settings"]["schemes"] = list(schemes)
+            merged["settings"]["jobs"] = jobs
+            continue
+        merged["rows"] += r["rows"]
+        for key in ("phi_events", "grad_norm", "reports"):
+            merged.setdefault(key, {}).update(r.get(key, {}))
+    # Rows in a sequential run's order: per scheme, then QVD W8A8 after the first scheme's rows.
+    order = {s: i for i, s in enumerate(schemes)}
+    merged["rows"].sort(key=lambda row: order.get(row["scheme"], 0.5))
+    merged["wall_s"] = time.time() - t0
+    return _write(merged, out)
 
 
 if __name__ == "__main__":

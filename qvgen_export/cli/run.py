@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         backend = TorchBackend(load_quantized_model(args.ckpt)[0], name="torch-fakequant")
         tag = "torch"
     cfg = backend.model_config
-    _, ph, pw = cfg["patch_size"]
-    if args.height % ph or args.width % pw:
-        raise ValueError(f"--height/--width must be multiples of the patch size ({ph}, {pw})")
+    pt, ph, pw = cfg["patch_size"]
+    if args.frames % pt or args.height % ph or args.width % pw:
+        raise ValueError(f"--frames/--height/--width must be multiples of the patch size ({pt}, {ph}, {pw})")
     shape = (int(cfg["in_channels"]), args.frames, args.height, args.width)
     if args.prompt_embeds:
         pe, ne = load_prompt_embeds(args.prompt_embeds)

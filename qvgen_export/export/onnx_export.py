@@ -64,31 +64,32 @@ class _Positional(nn.Module):
 @dataclass(frozen=True)
 class ExampleShapes:
     batch: int = 2
-    frames: int = 2
-    height: int = 0  # 0: two patches
+    frames: int = 0  # 0: two patches
+    height: int = 0
     width: int = 0
     text_len: int = 8
 
 
 def example_inputs(config: Any, shapes: ExampleShapes = ExampleShapes()) -> tuple[torch.Tensor, ...]:
     """Small random inputs with the model's channel counts (tracing only needs shapes)."""
-    _, ph, pw = tuple(config.patch_size)
+    pt, ph, pw = tuple(config.patch_size)
+    f = shapes.frames or 2 * pt
     h = shapes.height or 2 * ph
     w = shapes.width or 2 * pw
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(shapes.batch, config.in_channels, shapes.frames, h, w, generator=g)
+    x = torch.randn(shapes.batch, config.in_channels, f, h, w, generator=g)
     t = torch.linspace(900.0, 100.0, shapes.batch)
     e = torch.randn(shapes.batch, shapes.text_len, config.text_dim, generator=g)
     return x, t, e
 
 
 def dynamic_shapes(config: Any) -> dict[str, dict[int, Any]]:
-    _, ph, pw = tuple(config.patch_size)
+    pt, ph, pw = tuple(config.patch_size)
     d = torch.export.Dim
-    batch, frames, text = d("batch", min=1, max=1024), d("frames", min=1, max=1024), d("text_len", min=1, max=4096)
-    hp, wp = d("h_patches", min=1, max=1024), d("w_patches", min=1, max=1024)
+    batch, text = d("batch", min=1, max=1024), d("text_len", min=1, max=4096)
+    fp, hp, wp = (d(n, min=1, max=1024) for n in ("f_patches", "h_patches", "w_patches"))
     return {
-        "hidden_states": {0: batch, 2: frames, 3: ph * hp, 4: pw * wp},
+        "hidden_states": {0: batch, 2: fp if pt == 1 else pt * fp, 3: ph * hp, 4: pw * wp},
         "timestep": {0: batch},
         "encoder_hidden_states": {0: batch, 1: text},
     }
