@@ -2,6 +2,7 @@
 at W4A4 and W3A3 (plus QVD at W8A8), same steps and data for every QAT method.
 
     python benchmarks/bench_qat.py                 # full table (~90 min on 2 CPU cores)
+    python benchmarks/bench_qat.py --jobs 2 --steps 360   # the documented run: 39.5 min on 2 idle cores
     python benchmarks/bench_qat.py --smoke         # a handful of steps: proves the pipeline end to end
 
 Reports, per scheme and method, the quality harness's metrics (qvgen_export.eval.harness) and PSNR /
