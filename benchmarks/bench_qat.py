@@ -305,26 +305,11 @@ def _write(results: dict[str, Any], out: Path) -> int:
     return 0
 
 
-def _strip(argv: list[str], flag: str, has_value: bool) -> list[str]:
-    res, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == flag:
-            skip = has_value
-        elif not a.startswith(flag + "="):
-            res.append(a)
-    return res
-
-
 def _run_parallel(argv: list[str], schemes: list[str], jobs: int, out: Path) -> int:
     """Each scheme in its own process (``--threads 1``), at most ``jobs`` at once; QVD runs with the
     first scheme only, as in a sequential run; the parts' results are merged into one table."""
     import subprocess
 
-    base = argv
-    for flag, has_value in (("--jobs", True), ("--schemes", True), ("--out", True), ("--threads", True)):
-        base = _strip(base, flag, has_value)
     t0 = time.time()
     pending = list(enumerate(schemes))
     running: list[tuple[subprocess.Popen, Path, Any]] = []
@@ -334,7 +319,9 @@ def _run_parallel(argv: list[str], schemes: list[str], jobs: int, out: Path) -> 
         while pending and len(running) < jobs:
             i, scheme = pending.pop(0)
             part = out / f"part-{scheme}"
-            cmd = [sys.executable, __file__, *base, "--schemes", scheme, "--out", str(part), "--threads", "1"]
+            # argparse keeps the last value of a repeated option, so these override the user's.
+            cmd = [sys.executable, __file__, *argv, "--jobs", "1", "--schemes", scheme, "--out", str(part)]
+            cmd += ["--threads", "1"]
             if i > 0 and "--no-qvd" not in cmd:
                 cmd.append("--no-qvd")
             part.mkdir(parents=True, exist_ok=True)

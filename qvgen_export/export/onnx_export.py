@@ -87,9 +87,11 @@ def dynamic_shapes(config: Any) -> dict[str, dict[int, Any]]:
     pt, ph, pw = tuple(config.patch_size)
     d = torch.export.Dim
     batch, text = d("batch", min=1, max=1024), d("text_len", min=1, max=4096)
-    fp, hp, wp = (d(n, min=1, max=1024) for n in ("f_patches", "h_patches", "w_patches"))
+    hp, wp = d("h_patches", min=1, max=1024), d("w_patches", min=1, max=1024)
+    # Wan's temporal patch is 1 (the axis is plain "frames"); a larger one makes frames a multiple of it.
+    frames = d("frames", min=1, max=1024) if pt == 1 else pt * d("f_patches", min=1, max=1024)
     return {
-        "hidden_states": {0: batch, 2: fp if pt == 1 else pt * fp, 3: ph * hp, 4: pw * wp},
+        "hidden_states": {0: batch, 2: frames, 3: ph * hp, 4: pw * wp},
         "timestep": {0: batch},
         "encoder_hidden_states": {0: batch, 1: text},
     }

@@ -67,6 +67,15 @@ V shfl_xor(unsigned mask, V v, int lane_mask) {
   return out;
 }
 
+// The CUDA built-ins of thread ``tid`` of CTA (bx, by), for the calling host thread.
+inline void enter_thread(unsigned tid, unsigned bx, unsigned by, dim3 grid, dim3 block) {
+  t_threadIdx = make_uint3(tid % block.x, tid / block.x, 0);
+  t_blockIdx = make_uint3(bx, by, 0);
+  t_blockDim = block;
+  t_gridDim = grid;
+  t_linear = static_cast<int>(tid);
+}
+
 // Runs fn() as every thread of every CTA of a 2-D grid of 2-D blocks, one CTA at a time.
 template <typename Fn>
 void run_grid(dim3 grid, dim3 block, Fn fn) {
@@ -84,11 +93,7 @@ void run_grid(dim3 grid, dim3 block, Fn fn) {
       pool.reserve(static_cast<size_t>(threads));
       for (unsigned tid = 0; tid < static_cast<unsigned>(threads); ++tid) {
         pool.emplace_back([&fn, tid, bx, by, grid, block] {
-          t_threadIdx = make_uint3(tid % block.x, tid / block.x, 0);
-          t_blockIdx = make_uint3(bx, by, 0);
-          t_blockDim = block;
-          t_gridDim = grid;
-          t_linear = static_cast<int>(tid);
+          enter_thread(tid, bx, by, grid, block);
           fn();
         });
       }
@@ -141,11 +146,7 @@ void run_grid_sequential(dim3 grid, dim3 block, Fn fn) {
   for (unsigned by = 0; by < grid.y; ++by)
     for (unsigned bx = 0; bx < grid.x; ++bx)
       for (unsigned tid = 0; tid < block.x * block.y; ++tid) {
-        t_threadIdx = make_uint3(tid % block.x, tid / block.x, 0);
-        t_blockIdx = make_uint3(bx, by, 0);
-        t_blockDim = block;
-        t_gridDim = grid;
-        t_linear = static_cast<int>(tid);
+        enter_thread(tid, bx, by, grid, block);
         fn();
       }
 }
