@@ -39,11 +39,11 @@ PALETTE = np.asarray([COLORS[c] for c in COLOR_NAMES], dtype=np.float32)  # [K, 
 # closest two object colors are ~0.75 apart and the backgrounds >= 0.7 from every object color,
 # so 0.35 is unambiguous and keeps pixels with more than about half coverage.
 COLOR_TAU = 0.35
-MIN_AREA = 10  # pixels; the smallest object (triangle of half-size 4.5) covers ~40
-MIN_SPEED = 0.5  # px/frame; a third of the slowest training speed
+MIN_AREA = 10  # pixels; the smallest object (triangle of half-size 5) covers ~50
+MIN_SPEED = 0.5  # px/frame; half the slowest training speed
 ACCEL_SCALE = 1.0  # px/frame^2 at which a step's smoothness is 1/2
 BG_SCALE = 0.1  # mean absolute change at which background consistency is exp(-1) ~ 37
-CROP_RADIUS = 8  # px; objects have half-size <= 6
+CROP_RADIUS = 8  # px; objects have half-size <= 6.5
 SCORE_KEYS: tuple[str, ...] = (
     "prompt_adherence",
     "color",

@@ -31,8 +31,11 @@ class VideoConfig:
     max_objects: int = 2
     # Probability of each object count 1..max_objects (None: 80% one object, rest spread evenly).
     object_count_probs: tuple[float, ...] | None = None
-    size_range: tuple[float, float] = (4.5, 6.0)  # half-extent in pixels
-    speed_range: tuple[float, float] = (1.5, 2.5)  # pixels per frame
+    # Objects of 10-13 px and motion below half a 4x4 patch per frame: large enough that the
+    # three shapes differ in more than their edge pixels, slow enough that consecutive frames
+    # overlap, which is what a tiny model's temporal attention needs to keep one object coherent.
+    size_range: tuple[float, float] = (5.0, 6.5)  # half-extent in pixels
+    speed_range: tuple[float, float] = (1.0, 1.75)  # pixels per frame
     gradient: float = 0.06  # static vertical background gradient amplitude
     supersample: int = 4
 
