@@ -111,7 +111,7 @@ def test_float_export_for_baselines(tmp_path, float_model, sample_inputs):
 
 
 def test_temporal_patch_export_keeps_frames_dynamic(tmp_path):
-    """A temporal patch > 1 (the embedded teacher uses (2, 4, 4)): frames stay dynamic in
+    """A temporal patch > 1 (Wan and the embedded teacher use 1): frames stay dynamic in
     multiples of the patch, and the W4A4 graph matches PyTorch at several frame counts."""
     from qvgen_export.checkpoint import save_checkpoint
     from qvgen_export.export.pipeline import export_checkpoint
