@@ -23,32 +23,16 @@ import torch
 
 from qvgen_export.native import _lib
 from qvgen_export.native._lib import DTYPE_BF16, DTYPE_F16, DTYPE_F32, DTYPE_I32
+from qvgen_export.quant.packing import kernel_row_bytes, to_kernel_layout
 
 _X_DTYPES = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}
 _Y_DTYPES = {**_X_DTYPES, torch.int32: DTYPE_I32}
 _PATHS = {"auto": _lib.PATH_AUTO, "mma_u4": _lib.PATH_MMA_U4, "imma_u8": _lib.PATH_IMMA_U8, "simt": _lib.PATH_SIMT}
 
 
-def packed_row_bytes(k: int) -> int:
-    """Row stride (bytes) of packed codes for the kernels: ``ceil(K/2)`` rounded up to 16."""
-    return ((k + 1) // 2 + 15) // 16 * 16
-
-
-def repack_for_kernel(packed: torch.Tensor, k: int) -> torch.Tensor:
-    """Checkpoint packing ``[N, ceil(K/2)]`` uint8 -> kernel packing ``[N, packed_row_bytes(K)]``.
-
-    Same nibble order; only the rows are zero-padded to a multiple of 16 bytes (a no-op copy
-    when ``K % 32 == 0``, e.g. every Wan linear).
-    """
-    if packed.dtype != torch.uint8 or packed.dim() != 2:
-        raise ValueError(f"packed codes must be a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
-    kb = (k + 1) // 2
-    if packed.shape[1] != kb:
-        raise ValueError(f"packed codes have {packed.shape[1]} bytes per row, expected ceil(K/2)={kb} for K={k}")
-    ld = packed_row_bytes(k)
-    out = torch.zeros(packed.shape[0], ld, dtype=torch.uint8, device=packed.device)
-    out[:, :kb] = packed
-    return out
+# The kernel layout is owned by quant/packing.py; these names stay for the binding's callers.
+packed_row_bytes = kernel_row_bytes
+repack_for_kernel = to_kernel_layout
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:

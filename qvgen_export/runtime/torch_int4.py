@@ -27,12 +27,7 @@ from torch import nn
 
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig
-from qvgen_export.quant.packing import pack_codes, unpack_codes
-
-
-def _kernel_row_bytes(k: int) -> int:
-    # Same as qvgen_export.native.ops.packed_row_bytes, duplicated to keep this import native-free.
-    return ((k + 1) // 2 + 15) // 16 * 16
+from qvgen_export.quant.packing import code_sums, pack_codes, to_kernel_layout, unpack_codes
 
 
 def _per_channel(t: torch.Tensor, name: str, n: int) -> torch.Tensor:
@@ -109,16 +104,13 @@ class Int4Linear(nn.Module):
         codes = unpack_codes(qweight.cpu(), k, 4)  # [N, K] uint8
         if codes.numel() and int(codes.max()) > config.weight_qmax:
             raise ValueError(f"weight codes exceed {config.weight_qmax} for {config.weight_bits}-bit weights")
-        ld = _kernel_row_bytes(k)
-        padded = torch.zeros(n, ld, dtype=torch.uint8)
-        padded[:, : (k + 1) // 2] = pack_codes(codes, 4)  # re-pack: also zeroes an odd K's padding nibble
-        self.register_buffer("qweight", padded.to(qweight.device))
+        self.register_buffer("qweight", to_kernel_layout(qweight.cpu(), k).to(qweight.device))
         # Scales, zero points and bias are (frozen) Parameters rather than buffers because diffusers
         # reads a submodule's dtype from its first parameter (e.g. Wan's time embedder); codes and
         # code sums are integer buffers.
         self.w_scale = nn.Parameter(_per_channel(w_scale, "w_scale", n).to(qweight.device), requires_grad=False)
         self.w_zero = nn.Parameter(_per_channel(w_zero, "w_zero", n).to(qweight.device), requires_grad=False)
-        self.register_buffer("w_sum", codes.to(torch.int32).sum(dim=1, dtype=torch.int32).to(qweight.device))
+        self.register_buffer("w_sum", code_sums(codes).to(qweight.device))
         if bias is not None:
             b = bias.detach().reshape(-1).to(torch.float32).contiguous().to(qweight.device)
             self.bias = nn.Parameter(b, requires_grad=False)

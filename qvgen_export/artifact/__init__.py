@@ -1,0 +1,1 @@
+"""What an exported folder is to everything that reads or writes it: its graph I/O contract."""
