@@ -1,9 +1,7 @@
 """Lower a quantized Wan transformer to ONNX (opset 21) through ``torch.onnx.export(dynamo=True)``.
 
-Graph I/O (``B`` batch, ``F`` latent frames, ``H``/``W`` latent size, multiples of the patch,
-``L`` text tokens), all dynamic:
-    hidden_states [B, C_in, F, H, W] float32, timestep [B] float32,
-    encoder_hidden_states [B, L, text_dim] float32  ->  velocity [B, C_out, F, H, W] float32
+Graph I/O names, dtypes and dynamic axes: ``qvgen_export.artifact.contract``. What a quantized
+linear becomes is the target's (``qvgen_export.targets``): INT4 Q/DQ nodes or one plugin node.
 The timestep group of the activation clip tables is computed inside the graph with the same
 formula as PyTorch (``functional.timestep_group``).
 """
@@ -20,32 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qvgen_export.export.modules import to_export_form  # also registers qvgen::quant_linear
+from qvgen_export.artifact.contract import INPUT_NAMES, OUTPUT_NAMES, axis_dims
 from qvgen_export.quant.modules import QuantizedWan
+from qvgen_export.targets import Target, get_target
 
 OPSET = 21
 # ORT 1.31 reads IR version <= 13 and onnx 1.23 writes 14; 10 is what opset 21 requires.
 IR_VERSION = 10
-INPUT_NAMES = ("hidden_states", "timestep", "encoder_hidden_states")
-OUTPUT_NAMES = ("velocity",)
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers; protobuf's hard limit is 2 GiB
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
-
-
-def _lowering(target: str) -> dict[Any, Callable[..., Any]]:
-    if target == "onnx":
-        from qvgen_export.export.qdq_lowering import quant_linear_qdq
-
-        return {torch.ops.qvgen.quant_linear.default: quant_linear_qdq}
-    if target == "float":
-        return {}
-    raise ValueError(f"unknown export target {target!r}")
 
 
 class _Positional(nn.Module):
@@ -83,21 +69,7 @@ def example_inputs(config: Any, shapes: ExampleShapes = ExampleShapes()) -> tupl
     return x, t, e
 
 
-def dynamic_shapes(config: Any) -> dict[str, dict[int, Any]]:
-    pt, ph, pw = tuple(config.patch_size)
-    d = torch.export.Dim
-    batch, text = d("batch", min=1, max=1024), d("text_len", min=1, max=4096)
-    hp, wp = d("h_patches", min=1, max=1024), d("w_patches", min=1, max=1024)
-    # Wan's temporal patch is 1 (the axis is plain "frames"); a larger one makes frames a multiple of it.
-    frames = d("frames", min=1, max=1024) if pt == 1 else pt * d("f_patches", min=1, max=1024)
-    return {
-        "hidden_states": {0: batch, 2: frames, 3: ph * hp, 4: pw * wp},
-        "timestep": {0: batch},
-        "encoder_hidden_states": {0: batch, 1: text},
-    }
-
-
-def _fold_int4_casts(model: Any) -> int:
+def fold_int4_casts(model: Any) -> int:
     """Turn ``Cast(uint8 initializer -> UINT4)`` into a true UINT4 initializer; returns count."""
     import ml_dtypes
     import onnx_ir as ir
@@ -127,6 +99,8 @@ def _fold_int4_casts(model: Any) -> int:
 
 
 LAYER_KEY = "qvgen.layer"
+# The custom torch ops a quantized linear is traced as (QDQ target, plugin target).
+LOWERED_OPS = ("quant_linear", "w4a4_plugin_linear")
 
 
 def _compact_node_metadata(model: Any) -> None:
@@ -146,7 +120,7 @@ def _compact_node_metadata(model: Any) -> None:
             names = ast.literal_eval(scopes)
         except (ValueError, SyntaxError):
             continue
-        if names and names[-1] == "quant_linear" and len(names) >= 2:
+        if names and names[-1] in LOWERED_OPS and len(names) >= 2:
             # ['', 'model', 'model.transformer', ..., 'model.transformer.blocks.0.attn1.to_q', 'quant_linear']
             node.metadata_props[LAYER_KEY] = names[-2].removeprefix("model.transformer.")
 
@@ -261,10 +235,13 @@ def export_onnx(
     import onnx_ir as ir
 
     t0 = time.perf_counter()
+    spec: Target | None = None
     if isinstance(model, QuantizedWan):
         if target == "float":
             raise ValueError("target 'float' takes a float model, not a quantized one")
-        exported: nn.Module = to_export_form(model if inplace else copy.deepcopy(model))
+        spec = get_target(target)
+        spec.hook("check_config")(model.qconfig)
+        exported: nn.Module = spec.hook("export_form")(model if inplace else copy.deepcopy(model))
         config = model.config
     else:
         if target != "float":
@@ -281,15 +258,15 @@ def export_onnx(
             opset_version=OPSET,
             input_names=list(INPUT_NAMES),
             output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=dynamic_shapes(config),
-            custom_translation_table=_lowering(target),
+            dynamic_shapes=axis_dims(config),
+            custom_translation_table=spec.hook("translation")() if spec else {},
             # Optimise after folding the INT4 casts ourselves: the exporter's optimiser would fold
             # the small ones into anonymous 'val_N' initializers and the big ones not at all.
             optimize=False,
             verbose=False,
         )
     ir_model = program.model
-    folded = _fold_int4_casts(ir_model)
+    folded = spec.hook("post_process")(ir_model) if spec and spec.post_process else 0
     bar.update()
     bar.set_postfix_str("optimising")
     import onnxscript
@@ -315,7 +292,7 @@ def export_onnx(
         onnx.checker.check_model(str(onnx_path), full_check=True)
     bar.update()
     bar.close()
-    quant_nodes = sum(1 for n in ir_model.graph if n.op_type == "QuantizeLinear")
+    quant_nodes = sum(1 for n in ir_model.graph if spec and n.op_type == spec.quant_node)
     return ExportResult(
         onnx_path=onnx_path,
         data_path=data_path,
@@ -325,11 +302,3 @@ def export_onnx(
         inputs={v.name: _shape_list(v) for v in ir_model.graph.inputs},
         outputs={v.name: _shape_list(v) for v in ir_model.graph.outputs},
     )
-
-
-def onnx_runtime_inputs(x: torch.Tensor, t: torch.Tensor, e: torch.Tensor) -> dict[str, np.ndarray]:
-    return {
-        "hidden_states": x.detach().float().numpy(),
-        "timestep": t.detach().float().reshape(-1).numpy(),
-        "encoder_hidden_states": e.detach().float().numpy(),
-    }

@@ -3,7 +3,7 @@
 A quantized linear is exported as one call of ``qvgen::quant_linear``; its eager kernel is the
 shared fake-quant math, and the ONNX translation table decides what it becomes in the graph:
 QuantizeLinear/DequantizeLinear nodes (``--target onnx``) or one custom GEMM node per linear
-(``--target trt``, see ``qvgen_export.export.trt_lowering``).
+(``--target trt`` uses its own op, see ``qvgen_export.targets.trt_plugin``).
 
 Tensor arguments (``K`` in features, ``N`` out features, ``G = K // group_size``):
 - ``x``: ``[B, ..., K]`` float32 activations;

@@ -8,22 +8,17 @@ from typing import Any
 from qvgen_export.checkpoint import load_quantized_model
 from qvgen_export.export.manifest import sha256_file, write_manifest
 from qvgen_export.export.onnx_export import IR_VERSION, OPSET, export_onnx
+from qvgen_export.targets import TARGETS, get_target
 from qvgen_export.utils.atomic import atomic_dir, ensure_writable_dir
 
-TARGETS = ("onnx", "trt")
 EXPORT_FORMAT = "qvgen-export/onnx-export"
 # Exact ONNX Runtime numerics need this session option (see docs/onnx-export.md).
 ORT_SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}
 
 
 def check_target(target: str) -> None:
-    """Raise for a target this version cannot produce (before any work is done)."""
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; expected one of {', '.join(TARGETS)}")
-    if target == "trt":
-        raise NotImplementedError(
-            "target 'trt' (custom INT4 GEMM plugin nodes and TensorRT engines) is not available in this version"
-        )
+    """Raise ``ValueError`` for a target the registry does not know (before any work is done)."""
+    get_target(target)
 
 
 def export_checkpoint(
@@ -31,16 +26,21 @@ def export_checkpoint(
 ) -> dict[str, Any]:
     """Export a quantized checkpoint to ``out_dir``; returns the manifest fields written.
 
+    ``target`` is a name of :data:`qvgen_export.targets.TARGETS`. The ``trt`` target writes the
+    plugin graph; building its engine is :func:`qvgen_export.targets.trt_engine.build_engine`.
+
     Raises ``CheckpointError`` for a bad checkpoint, ``ValueError`` for a bad target,
-    ``FileExistsError``/``PermissionError`` for an unusable output folder. On any failure no
-    ``out_dir`` is left behind (or the previous one is kept intact).
+    ``NotImplementedError`` for a scheme the target cannot run, ``FileExistsError``/
+    ``PermissionError`` for an unusable output folder. On any failure no ``out_dir`` is left
+    behind (or the previous one is kept intact).
     """
-    check_target(target)
+    spec = get_target(target)
     out_dir = Path(out_dir)
     ensure_writable_dir(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir}: already exists (use --overwrite to replace it)")
     model, info = load_quantized_model(ckpt)
+    spec.hook("check_config")(info.quant_config)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         # The model was loaded for this export alone: freeze it in place rather than copy it.
         result = export_onnx(model, tmp, target=target, progress=progress, inplace=True)
@@ -55,11 +55,19 @@ def export_checkpoint(
             "model_config": info.model_config,
             "quant_config": info.quant_config.to_dict(),
             "num_quantized_linears": len(info.layers),
+            "num_quant_nodes": result.num_quant_nodes,
             "source_checkpoint": {"name": Path(ckpt).name, "sha256": sha256_file(ckpt)},
             "inputs": result.inputs,
             "outputs": result.outputs,
             "onnxruntime_session_config": ORT_SESSION_CONFIG,
             "export_seconds": round(result.seconds, 2),
         }
+        if target == "trt":
+            from qvgen_export.targets.plugin_contract import load_contract
+
+            fields["plugin"] = load_contract().to_manifest()
         write_manifest(tmp, fields)
     return fields
+
+
+__all__ = ["TARGETS", "check_target", "export_checkpoint"]

@@ -81,3 +81,15 @@ def quant_linear_qdq(
     if bias is not None:
         y = op.Add(y, bias)
     return y
+
+
+def check_config(config: object) -> None:
+    """Every scheme of ``QuantConfig`` (2..8 bits, per channel or per group) lowers to Q/DQ."""
+
+
+def translation_table() -> dict[object, object]:
+    import torch
+
+    import qvgen_export.export.ops  # noqa: F401  (registers torch.ops.qvgen.quant_linear)
+
+    return {torch.ops.qvgen.quant_linear.default: quant_linear_qdq}

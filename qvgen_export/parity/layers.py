@@ -1,9 +1,11 @@
-"""Layer-by-layer parity: each quantized linear, fed the identical input, in ONNX Runtime vs PyTorch.
+"""Layer-by-layer parity: each quantized linear, fed the identical input, on two sides.
 
 Deep W4A4 graphs cannot be compared end to end at 1e-5 (a 1e-7 float difference flips an INT4
 activation code and the flip compounds with depth), so exactness is checked per layer: every
 layer's input is captured from one PyTorch forward, the layer alone is exported with the same
-lowering as the full model, and Polygraphy runs both sides on that input.
+lowering as the full model (the side's target: QDQ nodes or one plugin node), and Polygraphy
+runs both sides on that input. Inputs and outputs are saved in Polygraphy's JSON formats
+(``layer_inputs.json``, ``layer_outputs.json``) so a run made elsewhere can be compared here.
 """
 
 from __future__ import annotations
@@ -17,24 +19,28 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qvgen_export.export.modules import ExportQuantLinear
-from qvgen_export.export.onnx_export import IR_VERSION, OPSET, _fold_int4_casts, _lowering, _quiet_exporter
-from qvgen_export.quant.modules import QuantContext, QuantizedWan
+from qvgen_export.export.onnx_export import IR_VERSION, OPSET, _quiet_exporter
+from qvgen_export.parity.sides import Side, ort_runner, torch_runner, trt_runner
+from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear
+from qvgen_export.targets import get_target
 
-LAYER_TOLERANCE = 1e-5  # max |ORT - PyTorch| relative to max |PyTorch output|
+LAYER_TOLERANCE = 1e-5  # max |test - reference| relative to max |reference output|
 
 
 class _LayerHarness(nn.Module):
-    """One export-form linear with the timestep groups as an explicit input."""
+    """One linear (fake-quant or an export form) with the timestep groups as an explicit input."""
 
-    def __init__(self, layer: ExportQuantLinear) -> None:
+    def __init__(self, layer: nn.Module) -> None:
         super().__init__()
         self.layer = layer
         object.__setattr__(self, "ctx", layer.ctx)
 
     def forward(self, x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         self.ctx.group = group
-        return self.layer(x)
+        try:
+            return self.layer(x)
+        finally:
+            self.ctx.group = None
 
 
 @dataclass
@@ -71,8 +77,16 @@ def capture_layer_inputs(
     return seen
 
 
-def _export_layer(harness: _LayerHarness, x: torch.Tensor, group: torch.Tensor) -> Any:
-    """ONNX (onnx_ir model) of one layer through the same lowering as the full model."""
+def layer_export_form(layer: QuantLinear, target: str) -> _LayerHarness:
+    """``layer`` in ``target``'s export form, on a private context, inside a harness."""
+    form = get_target(target).hook("layer_form")(layer)
+    object.__setattr__(form, "ctx", QuantContext())
+    return _LayerHarness(form).eval()
+
+
+def export_layer(harness: _LayerHarness, x: torch.Tensor, group: torch.Tensor, target: str) -> Any:
+    """ONNX (onnx_ir model) of one layer through ``target``'s lowering, as the full model gets it."""
+    spec = get_target(target)
     dims = {i: torch.export.Dim.AUTO for i in range(x.dim() - 1)}
     with _quiet_exporter():
         prog = torch.onnx.export(
@@ -83,28 +97,30 @@ def _export_layer(harness: _LayerHarness, x: torch.Tensor, group: torch.Tensor) 
             input_names=["x", "group"],
             output_names=["y"],
             dynamic_shapes={"x": dims, "group": {0: torch.export.Dim.AUTO}},
-            custom_translation_table=_lowering("onnx"),
+            custom_translation_table=spec.hook("translation")(),
             optimize=False,
             verbose=False,
         )
     model = prog.model
-    _fold_int4_casts(model)
+    if spec.post_process:
+        spec.hook("post_process")(model)
     model.ir_version = IR_VERSION
     return model
 
 
-def _swap_weights(template: Any, layer: ExportQuantLinear) -> Any:
+def _swap_weights(template: Any, layer: nn.Module) -> Any:
     """A copy of a same-signature layer graph with ``layer``'s tensors as initializers.
 
     Exporting through torch.export costs ~1-2 s per call; layers of one shape share a graph,
-    so only the first of each signature is exported and the others reuse it.
+    so only the first of each signature is exported and the others reuse it. Initializers are
+    named after the export form's attributes (``layer.<attr>``; ``_u4`` = folded INT4 codes).
     """
     import ml_dtypes
     import onnx_ir as ir
 
     model = ir.from_proto(ir.to_proto(template))
     for value in model.graph.initializers.values():
-        attr = value.name.removeprefix("layer.")
+        attr = value.name.removeprefix("layer.layer.").removeprefix("layer.")
         if attr.endswith("_u4"):
             arr = getattr(layer, attr.removesuffix("_u4")).numpy().astype(ml_dtypes.uint4)
         elif hasattr(layer, attr) and isinstance(getattr(layer, attr), torch.Tensor):
@@ -115,58 +131,78 @@ def _swap_weights(template: Any, layer: ExportQuantLinear) -> Any:
     return model
 
 
+class _LayerGraphs:
+    """Per-side layer graphs, exported once per (shape signature) and re-weighted per layer."""
+
+    def __init__(self, side: Side, work_dir: Path) -> None:
+        self.side, self.work_dir = side, work_dir
+        self.templates: dict[tuple[int, int, bool, int], Any] = {}
+
+    def runner(self, name: str, layer: QuantLinear, x: torch.Tensor, group: torch.Tensor) -> Any:
+        side = self.side
+        if side.kind == "pytorch":
+            harness = _LayerHarness(layer).eval()
+            return torch_runner(lambda x, group: {"y": harness(x, group)}, _feed(x, group), side.label)
+        assert side.target is not None
+        form = layer_export_form(layer, side.target)
+        key = (layer.in_features, layer.out_features, layer.bias is None, x.dim())
+        if key not in self.templates:
+            self.templates[key] = export_layer(form, x, group, side.target)
+            model = self.templates[key]
+        else:
+            model = _swap_weights(self.templates[key], form.layer)
+        import onnx_ir as ir
+
+        path = self.work_dir / f"{name}.{side.target}.onnx"
+        ir.save(model, path)
+        if side.kind == "trt":
+            return trt_runner(side, path, side.label, {k: v.shape for k, v in _feed(x, group).items()})
+        return ort_runner(side, path, side.label)
+
+
+def _feed(x: torch.Tensor, group: torch.Tensor) -> dict[str, np.ndarray]:
+    return {"x": x.float().numpy(), "group": group.numpy()}
+
+
 def check_layers(
     model: QuantizedWan,
     inputs: tuple[torch.Tensor, ...],
     work_dir: Path,
-    session_config: dict[str, str],
+    test: Side,
+    reference: Side = Side("pytorch"),
     progress: bool = True,
 ) -> list[LayerParity]:
-    import onnx_ir as ir
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-    from polygraphy.comparator import Comparator, SimpleCompareFunc
+    """Every quantized linear on ``test`` vs ``reference``, each fed its captured input."""
+    from polygraphy.comparator import Comparator, RunResults, SimpleCompareFunc
+    from polygraphy.json import save_json
     from polygraphy.logger import G_LOGGER
-
-    from qvgen_export.parity.torch_runner import TorchRunner, metadata_from_feed
-    from qvgen_export.runtime.backends import ort_session
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
     work_dir.mkdir(parents=True, exist_ok=True)
     captured = capture_layer_inputs(model, inputs)
-    results: list[LayerParity] = []
     layers = model.quant_linears()
-    templates: dict[tuple[int, int, bool, int], Any] = {}
+    graphs = [_LayerGraphs(test, work_dir), _LayerGraphs(reference, work_dir)]
+    results: list[LayerParity] = []
+    saved_feeds: list[dict[str, np.ndarray]] = []
+    saved = RunResults()
+    saved_runs: dict[str, list[Any]] = {test.label: [], reference.label: []}
+    if test.label == reference.label:
+        raise ValueError(f"parity needs two different sides, got {test.label} twice")
     for name in tqdm(list(layers), desc="layer parity", disable=not progress):
         x, group = captured[name]
-        ctx = QuantContext()
-        export_layer = ExportQuantLinear(layers[name])
-        object.__setattr__(export_layer, "ctx", ctx)
-        harness = _LayerHarness(export_layer).eval()
-        path = work_dir / f"{name}.onnx"
-        key = (export_layer.in_features, export_layer.out_features, export_layer.bias is None, x.dim())
-        if key not in templates:
-            templates[key] = _export_layer(harness, x, group)
-            onnx_model = templates[key]
-        else:
-            onnx_model = _swap_weights(templates[key], export_layer)
-        ir.save(onnx_model, path)
-        feed = {"x": x.float().numpy(), "group": group.numpy()}
-
-        def torch_layer(x: torch.Tensor, group: torch.Tensor, harness: _LayerHarness = harness) -> dict[str, Any]:
-            return {"y": harness(x, group)}
-
-        runners = [
-            OnnxrtRunner(ort_session(path, session_config), name="onnxruntime"),
-            TorchRunner(torch_layer, metadata_from_feed(feed), name="pytorch"),
-        ]
+        feed = _feed(x, group)
+        runners = [g.runner(name, layers[name], x, group) for g in graphs]
         run = Comparator.run(runners, data_loader=[feed])
-        y_ort = np.asarray(run["onnxruntime"][0]["y"])
-        y_pt = np.asarray(run["pytorch"][0]["y"])
-        scale = float(np.abs(y_pt).max()) or 1.0
-        err = float(np.abs(y_ort - y_pt).max())
+        y_test = np.asarray(run[test.label][0]["y"])
+        y_ref = np.asarray(run[reference.label][0]["y"])
+        scale = float(np.abs(y_ref).max()) or 1.0
+        err = float(np.abs(y_test - y_ref).max())
         verdict = Comparator.compare_accuracy(
             run, compare_func=SimpleCompareFunc(atol=LAYER_TOLERANCE * scale, rtol=0.0)
         )
+        saved_feeds.append(feed)
+        for label in saved_runs:
+            saved_runs[label].append(run[label][0])
         results.append(
             LayerParity(
                 name=name,
@@ -178,6 +214,10 @@ def check_layers(
                 polygraphy_passed=bool(verdict),
             )
         )
+    for label, iters in saved_runs.items():
+        saved.append((label, iters))
+    save_json(saved_feeds, work_dir / "layer_inputs.json", description="per-layer parity inputs")
+    saved.save(str(work_dir / "layer_outputs.json"))
     return results
 
 

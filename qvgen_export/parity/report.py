@@ -14,7 +14,7 @@ import torch
 from qvgen_export.parity import layers as layer_parity
 from qvgen_export.parity import steps as step_parity
 from qvgen_export.quant.modules import QuantizedWan
-from qvgen_export.runtime.backends import Denoiser, OrtBackend
+from qvgen_export.parity.sides import Side, denoiser, parse_side
 from qvgen_export.runtime.sampler import sample_video
 from qvgen_export.runtime.video import pixel_decode
 from qvgen_export.utils.atomic import atomic_file
@@ -42,17 +42,25 @@ class SamplingSpec:
     seed: int = 0
 
 
+def _video(latents: torch.Tensor) -> tuple[np.ndarray, float | None]:
+    """Frames in [0, 1] for a pixel-space model; the latents themselves (peak from the data) otherwise."""
+    if latents.shape[1] == 3:
+        return pixel_decode(latents).numpy(), 1.0
+    return latents.float().numpy(), None
+
+
 def run_parity(
     model: QuantizedWan,
-    export_dir: Path,
+    test: Side | str | Path,
     spec: SamplingSpec,
     work_dir: Path,
     progress: bool = True,
+    reference: Side | str = "pytorch",
 ) -> dict[str, Any]:
-    """Compare an exported folder against the PyTorch quantized model it came from."""
-    backend = OrtBackend(export_dir)
-    session_config = backend.manifest.get("onnxruntime_session_config", {})
-    onnx_path = export_dir / backend.manifest["model_file"]
+    """Compare ``test`` (an exported folder on a backend, see ``parity.sides``) against
+    ``reference`` (default: the PyTorch quantized model the folder came from)."""
+    test = test if isinstance(test, Side) else parse_side(test)
+    reference = reference if isinstance(reference, Side) else parse_side(reference)
     kw = {
         "latent_shape": spec.latent_shape,
         "num_steps": spec.num_steps,
@@ -72,28 +80,35 @@ def run_parity(
         model,
         (first["hidden_states"], first["timestep"], first["encoder_hidden_states"]),
         work_dir / "layers",
-        session_config,
+        test,
+        reference,
         progress=progress,
     )
     # 3. Every call of the trajectory, identical inputs.
-    step_results = step_parity.check_steps(
-        model, onnx_path, recorder.calls, work_dir, session_config, calls_per_step, progress
-    )
+    step_results = step_parity.check_steps(model, recorder.calls, work_dir, calls_per_step, test, reference, progress)
     floor_calls = step_parity.noise_floor(model, recorder.calls, FLOOR_PERTURBATION)
-    # 4. The whole video sampled by ONNX Runtime from the same noise, and the floor's video.
-    lat_ort = sample_video(Denoiser(backend), spec.prompt_embeds, spec.negative_embeds, **kw)  # type: ignore[arg-type]
+    # 4. The whole video sampled by each side from the same noise, and the floor's video.
+    lat_ref = (
+        lat_pt
+        if reference.kind == "pytorch"
+        else sample_video(denoiser(reference, model), spec.prompt_embeds, spec.negative_embeds, **kw)
+    )  # type: ignore[arg-type]
+    lat_test = sample_video(denoiser(test, model), spec.prompt_embeds, spec.negative_embeds, **kw)  # type: ignore[arg-type]
     lat_floor = sample_video(
         step_parity.PerturbOnce(model, FLOOR_PERTURBATION), spec.prompt_embeds, spec.negative_embeds, **kw
     )  # type: ignore[arg-type]
-    f_pt = pixel_decode(lat_pt).numpy()
-    video_psnr = step_parity.psnr(f_pt, pixel_decode(lat_ort).numpy(), peak=1.0)
-    floor_video_psnr = step_parity.psnr(f_pt, pixel_decode(lat_floor).numpy(), peak=1.0)
-    latent_cos = step_parity.cosine(lat_pt.numpy(), lat_ort.numpy())
+    f_ref, peak = _video(lat_ref)
+    video_psnr = step_parity.psnr(f_ref, _video(lat_test)[0], peak=peak)
+    floor_video_psnr = step_parity.psnr(_video(lat_pt)[0], _video(lat_floor)[0], peak=peak)
+    latent_cos = step_parity.cosine(lat_ref.numpy(), lat_test.numpy())
 
     rel = [r.relative_error for r in layer_results]
     cos = [r.cosine for r in step_results]
-    agree = [r.code_agreement for r in step_results]
+    agree = [r.code_agreement for r in step_results if r.code_agreement is not None]
     summary = {
+        "test": test.label,
+        "reference": reference.label,
+        "video_space": "pixels" if lat_pt.shape[1] == 3 else "latents",
         "layers": len(layer_results),
         "layers_passed": sum(r.passed for r in layer_results),
         "layer_max_relative_error": max(rel),
@@ -102,8 +117,8 @@ def run_parity(
         "step_min_cosine": min(cos),
         "step_mean_cosine": float(np.mean(cos)),
         "step_min_psnr_db": min(r.psnr_db for r in step_results),
-        "step_min_code_agreement": min(agree),
-        "step_mean_code_agreement": float(np.mean(agree)),
+        "step_min_code_agreement": min(agree) if agree else None,
+        "step_mean_code_agreement": float(np.mean(agree)) if agree else None,
         "video_psnr_db": video_psnr,
         "final_latent_cosine": latent_cos,
         "floor_mean_cosine": float(np.mean([f.cosine for f in floor_calls])),
@@ -111,11 +126,14 @@ def run_parity(
         "floor_video_psnr_db": floor_video_psnr,
     }
     summary["cosine_deviation_ratio"] = _ratio(summary["step_mean_cosine"], summary["floor_mean_cosine"])
-    summary["code_deviation_ratio"] = _ratio(summary["step_mean_code_agreement"], summary["floor_mean_code_agreement"])
+    # Code agreement exists only where both sides expose activation codes (PyTorch, QDQ graphs).
+    summary["code_deviation_ratio"] = (
+        _ratio(summary["step_mean_code_agreement"], summary["floor_mean_code_agreement"]) if agree else None
+    )
     summary["passed"] = bool(
         summary["layers_passed"] == summary["layers"]
         and summary["cosine_deviation_ratio"] <= MAX_DEVIATION_RATIO
-        and summary["code_deviation_ratio"] <= MAX_DEVIATION_RATIO
+        and (summary["code_deviation_ratio"] is None or summary["code_deviation_ratio"] <= MAX_DEVIATION_RATIO)
         and video_psnr >= floor_video_psnr - VIDEO_PSNR_MARGIN_DB
     )
     return {
@@ -139,6 +157,8 @@ def _ratio(metric: float, floor: float) -> float:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
     if isinstance(v, float):
         if math.isinf(v):
             return "inf"
@@ -149,7 +169,7 @@ def _fmt(v: Any) -> str:
 def to_markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
     lines = [
-        "# Parity report: ONNX Runtime vs PyTorch quantized model",
+        f"# Parity report: {s['test']} vs {s['reference']}",
         "",
         f"Verdict: **{'PASS' if s['passed'] else 'FAIL'}**",
         "",
@@ -158,7 +178,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"perturbed by {FLOOR_PERTURBATION:g} (relative)."
         ),
         "",
-        "| check | ONNX Runtime vs PyTorch | noise floor | pass if |",
+        f"| check | {s['test']} vs {s['reference']} | noise floor | pass if |",
         "|---|---|---|---|",
         f"| layers within tolerance | {s['layers_passed']}/{s['layers']} | | all, max rel. error <= {_fmt(s['layer_tolerance'])} |",
         f"| worst layer relative error | {_fmt(s['layer_max_relative_error'])} | | |",
@@ -172,7 +192,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         ),
         f"| min cosine / min code agreement | {_fmt(s['step_min_cosine'])} / {_fmt(s['step_min_code_agreement'])} | | |",
         f"| min PSNR over calls (dB) | {_fmt(s['step_min_psnr_db'])} | | |",
-        f"| video PSNR (dB) | {_fmt(s['video_psnr_db'])} | {_fmt(s['floor_video_psnr_db'])} | >= floor - {VIDEO_PSNR_MARGIN_DB} |",
+        f"| video PSNR (dB, {s['video_space']}) | {_fmt(s['video_psnr_db'])} | {_fmt(s['floor_video_psnr_db'])} | >= floor - {VIDEO_PSNR_MARGIN_DB} |",
         f"| final latent cosine | {_fmt(s['final_latent_cosine'])} | | |",
         "",
         "## Per call",

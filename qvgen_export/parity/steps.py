@@ -1,9 +1,12 @@
 """Whole-model parity along a real denoising trajectory, and of the sampled video.
 
-Per transformer call of a PyTorch sampling run, ONNX Runtime gets the identical inputs; the
-outputs are compared with statistical measures (cosine, PSNR, max error) and by the share of
-activation codes that agree, read from the graph's activation QuantizeLinear nodes (exposed
-as extra outputs in a parity copy) and from PyTorch hooks computing the same codes.
+Per transformer call of a PyTorch sampling run, both sides (``parity.sides``) get the identical
+inputs through Polygraphy; the outputs are compared with statistical measures (cosine, PSNR,
+max error) and, where both sides expose them, by the share of activation codes that agree: read
+from a QDQ graph's activation QuantizeLinear nodes (extra outputs in a parity copy) and from
+PyTorch hooks computing the same codes. A plugin graph or engine keeps its codes inside the
+plugin; it is judged on the statistics alone. Inputs and outputs are saved in Polygraphy's JSON
+formats (``step_inputs.json``, ``step_outputs.json``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from qvgen_export.artifact.contract import VELOCITY, feeds
 from qvgen_export.export.onnx_export import quantized_layer_nodes
+from qvgen_export.parity.sides import Side, ort_runner, torch_runner, trt_runner
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear
 
@@ -119,78 +124,98 @@ class StepParity:
     cosine: float
     psnr_db: float
     max_abs_error: float
-    code_agreement: float
+    code_agreement: float | None
+
+
+def _side_runner(
+    side: Side, model: QuantizedWan, work_dir: Path, first_feed: dict[str, np.ndarray]
+) -> tuple[Any, list[str]]:
+    """A whole-model runner for ``side`` and the layers whose codes it outputs (``codes/<layer>``)."""
+    if side.kind == "pytorch":
+        recorder = CodeRecorder(model)
+
+        def torch_model(
+            hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+        ) -> dict[str, torch.Tensor]:
+            out = {VELOCITY: model(hidden_states, timestep, encoder_hidden_states, return_dict=False)[0]}
+            out.update({CODES_PREFIX + n: c for n, c in recorder.codes.items()})
+            return out
+
+        runner = torch_runner(torch_model, first_feed, side.label)
+        runner.recorder = recorder  # closed by the caller
+        return runner, list(model.quant_linears())
+    if side.kind == "trt":
+        return trt_runner(side, None, side.label), []
+    if side.has_codes:
+        codes_path = work_dir / f"model_with_codes.{side.target}.onnx"
+        layers = add_code_outputs(side.onnx_path, codes_path)
+        return ort_runner(side, codes_path, side.label), layers
+    return ort_runner(side, side.onnx_path, side.label), []
 
 
 def check_steps(
     model: QuantizedWan,
-    onnx_path: Path,
     calls: list[dict[str, torch.Tensor]],
     work_dir: Path,
-    session_config: dict[str, str],
     calls_per_step: int,
+    test: Side,
+    reference: Side = Side("pytorch"),
     progress: bool = True,
 ) -> list[StepParity]:
-    """Feed every recorded transformer call to ONNX Runtime and PyTorch through Polygraphy."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-    from polygraphy.comparator import Comparator
+    """Feed every recorded transformer call to both sides through Polygraphy."""
+    from polygraphy.comparator import Comparator, RunResults
+    from polygraphy.json import save_json
     from polygraphy.logger import G_LOGGER
-
-    from qvgen_export.parity.torch_runner import TorchRunner, metadata_from_feed
-    from qvgen_export.runtime.backends import ort_session
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
     work_dir.mkdir(parents=True, exist_ok=True)
-    codes_path = work_dir / "model_with_codes.onnx"
-    layer_names = add_code_outputs(onnx_path, codes_path)
-    recorder = CodeRecorder(model)
-
-    def torch_model(
-        hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        out = {"velocity": model(hidden_states, timestep, encoder_hidden_states, return_dict=False)[0]}
-        out.update({CODES_PREFIX + n: recorder.codes[n] for n in layer_names})
-        return out
-
-    feeds = [
-        {
-            "hidden_states": c["hidden_states"].float().numpy(),
-            "timestep": c["timestep"].float().reshape(-1).numpy(),
-            "encoder_hidden_states": c["encoder_hidden_states"].float().numpy(),
-        }
-        for c in calls
-    ]
+    call_feeds = [feeds(c["hidden_states"], c["timestep"], c["encoder_hidden_states"]) for c in calls]
+    (t_runner, t_codes), (r_runner, r_codes) = (
+        _side_runner(side, model, work_dir, call_feeds[0]) for side in (test, reference)
+    )
+    code_layers = [n for n in t_codes if n in set(r_codes)]
+    # A QDQ graph quantizes below 4 bits in a 4-bit container: its QuantizeLinear codes saturate
+    # at 15 and the graph clamps after dequantization, so clamp them to the scheme's qmax here.
+    qmax = model.qconfig.act_qmax
     results: list[StepParity] = []
+    saved: dict[str, list[Any]] = {test.label: [], reference.label: []}
     try:
-        runners = [
-            OnnxrtRunner(ort_session(codes_path, session_config), name="onnxruntime"),
-            TorchRunner(torch_model, metadata_from_feed(feeds[0]), name="pytorch"),
-        ]
-        it = tqdm(feeds, desc="step parity", disable=not progress)
+        it = tqdm(call_feeds, desc="step parity", disable=not progress)
         for i, feed in enumerate(it):
             # One Comparator run per call keeps memory flat on long trajectories.
-            run = Comparator.run(runners, data_loader=[feed])
-            ort_out, pt_out = run["onnxruntime"][0], run["pytorch"][0]
-            v_ort, v_pt = np.asarray(ort_out["velocity"]), np.asarray(pt_out["velocity"])
+            run = Comparator.run([t_runner, r_runner], data_loader=[feed])
+            t_out, r_out = run[test.label][0], run[reference.label][0]
+            v_t, v_r = np.asarray(t_out[VELOCITY]), np.asarray(r_out[VELOCITY])
             agree = total = 0
-            for n in layer_names:
-                a, b = np.asarray(ort_out[CODES_PREFIX + n]).ravel(), np.asarray(pt_out[CODES_PREFIX + n]).ravel()
+            for n in code_layers:
+                a = np.minimum(np.asarray(t_out[CODES_PREFIX + n]).ravel(), qmax)
+                b = np.minimum(np.asarray(r_out[CODES_PREFIX + n]).ravel(), qmax)
                 agree += int((a == b).sum())
                 total += a.size
+            for label, out in ((test.label, t_out), (reference.label, r_out)):
+                out = {k: v for k, v in out.items() if not k.startswith(CODES_PREFIX)}
+                saved[label].append(type(t_out)(out, runtime=None, runner_name=label))
             results.append(
                 StepParity(
                     call=i,
                     step=i // calls_per_step,
                     branch="cond" if i % calls_per_step == 0 else "uncond",
                     timestep=float(feed["timestep"][0]),
-                    cosine=cosine(v_pt, v_ort),
-                    psnr_db=psnr(v_pt, v_ort),
-                    max_abs_error=float(np.abs(v_pt - v_ort).max()),
-                    code_agreement=agree / total if total else 1.0,
+                    cosine=cosine(v_r, v_t),
+                    psnr_db=psnr(v_r, v_t),
+                    max_abs_error=float(np.abs(v_r - v_t).max()),
+                    code_agreement=agree / total if total else None,
                 )
             )
     finally:
-        recorder.close()
+        for runner in (t_runner, r_runner):
+            if hasattr(runner, "recorder"):
+                runner.recorder.close()
+    save_json(call_feeds, work_dir / "step_inputs.json", description="per-call parity inputs")
+    outputs = RunResults()
+    for label, iters in saved.items():
+        outputs.append((label, iters))
+    outputs.save(str(work_dir / "step_outputs.json"))
     return results
 
 

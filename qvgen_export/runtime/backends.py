@@ -3,7 +3,9 @@
 A backend maps ``(hidden_states, timestep, encoder_hidden_states)`` to the velocity tensor.
 ``Denoiser`` gives any backend diffusers' ``WanTransformer3DModel`` call signature, so the
 sampling loop (``sampler.sample_video``) or a diffusers pipeline runs it unchanged.
-ONNX Runtime is imported lazily; TensorRT and torch-int4 backends plug in the same way.
+ONNX Runtime and TensorRT are imported lazily. Which backend runs an exported folder follows from
+its target (``qvgen_export.targets``): ONNX Runtime runs both targets' graphs (the plugin graph
+through onnxruntime-extensions), TensorRT runs a ``trt`` folder's engine.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any, Protocol
 
 import torch
 
+from qvgen_export.artifact.contract import OUTPUT_NAMES, feeds
 from qvgen_export.export.manifest import verify_manifest
+from qvgen_export.targets import get_target
 
 
 class Backend(Protocol):
@@ -54,37 +58,84 @@ def _import_onnxruntime() -> Any:
 
 
 def ort_session(
-    onnx_path: str | Path, session_config: dict[str, str] | None = None, providers: list[str] | None = None
+    onnx_path: str | Path,
+    session_config: dict[str, str] | None = None,
+    providers: list[str] | None = None,
+    target: str = "onnx",
 ) -> Any:
+    """An ONNX Runtime session for a graph of ``target`` (which may register custom ops)."""
     ort = _import_onnxruntime()
     so = ort.SessionOptions()
     for k, v in (session_config or {}).items():
         so.add_session_config_entry(k, v)
-    return ort.InferenceSession(str(onnx_path), so, providers=providers or ["CPUExecutionProvider"])
+    extra = get_target(target).hook("ort_session_options")
+    if extra is not None:
+        extra(so)
+    try:
+        return ort.InferenceSession(str(onnx_path), so, providers=providers or ["CPUExecutionProvider"])
+    except ort.capi.onnxruntime_pybind11_state.Fail as e:  # e.g. an unreadable or malformed graph
+        raise ValueError(f"{onnx_path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})") from None
+
+
+def read_folder_manifest(folder: str | Path, verify: bool = True) -> dict[str, Any]:
+    """An exported folder's manifest, with hashes checked and the fields every backend needs."""
+    folder = Path(folder)
+    manifest = verify_manifest(folder) if verify else json.loads((folder / "manifest.json").read_text())
+    for key in ("model_file", "model_config", "target"):
+        if key not in manifest:
+            raise ValueError(f"{folder / 'manifest.json'}: no {key!r} (not a complete qvgen-export folder)")
+    get_target(manifest["target"])
+    return manifest
 
 
 class OrtBackend:
-    """An exported folder (``manifest.json`` + ``model.onnx``) run by ONNX Runtime."""
+    """An exported folder (``manifest.json`` + ``model.onnx``) run by ONNX Runtime, either target."""
 
     def __init__(self, folder: str | Path, providers: list[str] | None = None, verify: bool = True) -> None:
         folder = Path(folder)
-        self.manifest = verify_manifest(folder) if verify else json.loads((folder / "manifest.json").read_text())
-        self.name = "onnxruntime"
+        self.manifest = read_folder_manifest(folder, verify)
+        self.target = self.manifest["target"]
+        self.name = "onnxruntime" if self.target == "onnx" else f"onnxruntime-{self.target}"
         self.model_config = self.manifest["model_config"]
         self.session = ort_session(
-            folder / self.manifest["model_file"], self.manifest.get("onnxruntime_session_config"), providers
+            folder / self.manifest["model_file"],
+            self.manifest.get("onnxruntime_session_config"),
+            providers,
+            self.target,
         )
 
     def run(
         self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
     ) -> torch.Tensor:
-        feeds = {
-            "hidden_states": hidden_states.detach().float().cpu().numpy(),
-            "timestep": timestep.detach().float().reshape(-1).cpu().numpy(),
-            "encoder_hidden_states": encoder_hidden_states.detach().float().cpu().numpy(),
-        }
-        (out,) = self.session.run(["velocity"], feeds)
+        (out,) = self.session.run(list(OUTPUT_NAMES), feeds(hidden_states, timestep, encoder_hidden_states))
         return torch.from_numpy(out).to(hidden_states.device)
+
+
+BACKEND_KINDS = ("auto", "ort", "trt")
+
+
+def open_backend(folder: str | Path, kind: str = "auto", **kwargs: Any) -> Backend:
+    """The backend for an exported folder: ``ort``, ``trt``, or ``auto`` (TensorRT for a ``trt``
+    folder that holds an engine on a machine that can run it, ONNX Runtime otherwise)."""
+    if kind not in BACKEND_KINDS:
+        raise ValueError(f"unknown backend {kind!r}; expected one of {', '.join(BACKEND_KINDS)}")
+    folder = Path(folder)
+    if kind == "auto":
+        manifest = read_folder_manifest(folder)
+        kind = "ort"
+        if manifest["target"] == "trt" and (folder / "engine.json").is_file():
+            from qvgen_export.targets.trt_engine import EngineUnavailableError, check_engine_prerequisites
+
+            try:
+                check_engine_prerequisites(kwargs.get("plugin_library"))
+                kind = "trt"
+            except EngineUnavailableError:
+                pass
+    if kind == "trt":
+        from qvgen_export.runtime.trt_backend import TrtBackend
+
+        return TrtBackend(folder, **kwargs)
+    return OrtBackend(folder)
 
 
 class Denoiser:

@@ -26,7 +26,7 @@ class Field:
 
     def check(self, value: Any) -> int:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"plugin field {self.name} must be an integer, got {value!r}")
+            raise TypeError(f"plugin field {self.name} must be an integer, got {value!r}")
         if self.allowed is not None and value not in self.allowed:
             raise ValueError(f"plugin field {self.name}={value} not in {list(self.allowed)}")
         if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
