@@ -7,17 +7,21 @@ model is built from a whitelisted class with the stored diffusers config.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from qvgen_export.quant.config import QuantConfig
-from qvgen_export.quant.functional import weight_dequant
-from qvgen_export.quant.modules import QuantizedWan, QuantLinear, quantizable_linears
+from qvgen_export.quant.functional import weight_codes, weight_dequant
+from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear, _set_submodule, quantizable_linears
 from qvgen_export.quant.packing import pack_codes, packed_shape, unpack_codes
 from qvgen_export.utils.atomic import atomic_file, ensure_writable_dir
+from qvgen_export.utils.lazy_safetensors import LazySafetensors, UnreadableFile
+from qvgen_export.utils.meta_init import assign_tensor, meta_tensor_names, params_on_meta
 
 FORMAT_NAME = "qvgen-export/quantized-checkpoint"
 FORMAT_VERSION = 1
@@ -79,6 +83,30 @@ def checkpoint_tensors(model: QuantizedWan) -> dict[str, torch.Tensor]:
     return out
 
 
+def checkpoint_metadata(
+    model_class: str,
+    model_config: dict[str, Any],
+    qconfig: QuantConfig,
+    layers: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """The safetensors header metadata of a checkpoint (one writer for whole-model and streaming saves)."""
+    from qvgen_export import __version__
+
+    if model_class not in SUPPORTED_MODEL_CLASSES:
+        raise ValueError(f"unsupported model class {model_class}; expected one of {SUPPORTED_MODEL_CLASSES}")
+    return {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "producer": f"qvgen-export {__version__}",
+        "model_class": model_class,
+        "model_config": json.dumps(model_config, sort_keys=True),
+        "quant_config": qconfig.to_json(),
+        "layers": json.dumps(layers),
+        "extra": json.dumps(extra or {}, sort_keys=True),
+    }
+
+
 def save_checkpoint(model: QuantizedWan, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` as a quantized checkpoint (atomically).
 
@@ -86,24 +114,17 @@ def save_checkpoint(model: QuantizedWan, path: str | Path, extra: dict[str, Any]
     """
     from safetensors.torch import save_file
 
-    from qvgen_export import __version__
     from qvgen_export.models.wan import model_config_dict
 
     path = Path(path)
     ensure_writable_dir(path)
-    cls = type(model.transformer).__name__
-    if cls not in SUPPORTED_MODEL_CLASSES:
-        raise ValueError(f"unsupported model class {cls}; expected one of {SUPPORTED_MODEL_CLASSES}")
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "producer": f"qvgen-export {__version__}",
-        "model_class": cls,
-        "model_config": json.dumps(model_config_dict(model.transformer), sort_keys=True),
-        "quant_config": model.qconfig.to_json(),
-        "layers": json.dumps([_layer_entry(n, m) for n, m in model.quant_linears().items()]),
-        "extra": json.dumps(extra or {}, sort_keys=True),
-    }
+    meta = checkpoint_metadata(
+        type(model.transformer).__name__,
+        model_config_dict(model.transformer),
+        model.qconfig,
+        [_layer_entry(n, m) for n, m in model.quant_linears().items()],
+        extra,
+    )
     tensors = checkpoint_tensors(model)
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -123,23 +144,59 @@ def _json(path: Path, meta: dict[str, str], key: str) -> Any:
         raise CheckpointError(path, f"metadata '{key}' is not valid JSON ({e.msg})") from None
 
 
-def read_info(path: str | Path) -> tuple[CheckpointInfo, dict[str, torch.Tensor]]:
-    """Read and validate the header and tensors of ``path`` (no model built yet)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+class CheckpointTensors(Mapping[str, torch.Tensor]):
+    """The tensors of a checkpoint, read lazily: shapes and dtypes from the header, data on access.
 
+    ``tensors[key]`` reads that tensor from the file now (a fresh CPU tensor); nothing is cached,
+    so iterating over it never holds more than one tensor.
+    """
+
+    def __init__(self, lazy: LazySafetensors) -> None:
+        self._lazy = lazy
+        self.path = lazy.path
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._lazy:
+            raise KeyError(key)
+        try:
+            return self._lazy.get(key)
+        except UnreadableFile as e:
+            raise CheckpointError(self.path, f"not a readable safetensors file ({e.reason})") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._lazy.keys())
+
+    def __contains__(self, key: object) -> bool:
+        # Mapping's default would read the tensor to answer; the header knows.
+        return key in self._lazy
+
+    def __len__(self) -> int:
+        return len(self._lazy.keys())
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._lazy.shape(key)
+
+    def dtype(self, key: str) -> torch.dtype | str:
+        return self._lazy.dtype(key)
+
+
+def read_info(path: str | Path, check_values: bool = True) -> tuple[CheckpointInfo, CheckpointTensors]:
+    """Read and validate the header of ``path`` (no model built yet).
+
+    With ``check_values`` every tensor is also read once, one at a time, and its values checked
+    (finite floats, positive scales, codes within range); :func:`load_quantized_model` skips
+    that pass and checks the values while it materialises the model, so each tensor is read once.
+    """
     p = Path(path)
     if not p.exists():
         raise CheckpointError(p, "file not found")
     if not p.is_file():
         raise CheckpointError(p, "not a file")
     try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-        tensors = load_file(str(p))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(p, f"not a readable safetensors file ({first})") from None
+        lazy = LazySafetensors(p)
+    except UnreadableFile as e:
+        raise CheckpointError(p, f"not a readable safetensors file ({e.reason})") from None
+    meta = lazy.metadata
     if meta.get("format") != FORMAT_NAME:
         raise CheckpointError(p, f"not a qvgen-export checkpoint (metadata format={meta.get('format')!r})")
     version = meta.get("format_version")
@@ -158,7 +215,13 @@ def read_info(path: str | Path) -> tuple[CheckpointInfo, dict[str, torch.Tensor]
     if not isinstance(model_config, dict) or not isinstance(layers, list) or not layers:
         raise CheckpointError(p, "metadata 'model_config' must be an object and 'layers' a non-empty list")
     info = CheckpointInfo(str(p), model_class, model_config, qcfg, layers, extra)
-    _validate_tensors(p, info, tensors)
+    tensors = CheckpointTensors(lazy)
+    _validate_layout(p, info, tensors)
+    if check_values:
+        for entry in info.layers:
+            _read_layer(p, info, tensors, entry)
+        for key in float_tensor_keys(info, tensors):
+            _read_float(p, tensors, key)
     return info, tensors
 
 
@@ -167,16 +230,52 @@ def _check_finite(p: Path, key: str, t: torch.Tensor) -> None:
         raise CheckpointError(p, f"tensor '{key}' contains NaN or Inf")
 
 
-def _validate_tensors(p: Path, info: CheckpointInfo, tensors: dict[str, torch.Tensor]) -> None:
+def _entry_fields(p: Path, entry: Any) -> tuple[str, int, int, bool, int]:
+    try:
+        return (
+            entry["name"],
+            int(entry["in_features"]),
+            int(entry["out_features"]),
+            bool(entry["bias"]),
+            int(entry["groups"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(p, f"malformed layer entry {entry!r}") from None
+
+
+def _layer_expect(cfg: QuantConfig, n: int, k: int, groups: int, has_bias: bool) -> dict[str, Any]:
+    expect: dict[str, Any] = {
+        "qweight": (packed_shape(n, k, cfg.weight_bits), torch.uint8),
+        "w_scale": ((n, groups), torch.float32),
+        "w_zero": ((n, groups), torch.float32),
+        "clip_lower": ((cfg.timestep_groups,), torch.float32),
+        "clip_upper": ((cfg.timestep_groups,), torch.float32),
+    }
+    if has_bias:
+        expect["bias"] = ((n,), torch.float32)
+    return expect
+
+
+def layer_tensor_keys(info: CheckpointInfo) -> list[str]:
+    """Names of the per-layer tensors the header's layer list implies, in layer order."""
+    out = []
+    for e in info.layers:
+        name, k, n, has_bias, groups = _entry_fields(Path(info.path), e)
+        out += [f"{name}.{s}" for s in _layer_expect(info.quant_config, n, k, groups, has_bias)]
+    return out
+
+
+def float_tensor_keys(info: CheckpointInfo, tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """The file's tensors that are not per-layer tensors of a quantized linear."""
+    layer_keys = set(layer_tensor_keys(info))
+    return [k for k in tensors if k not in layer_keys]
+
+
+def _validate_layout(p: Path, info: CheckpointInfo, tensors: CheckpointTensors) -> None:
+    """Header-only checks: layer entries against the config, per-layer tensor shapes and dtypes."""
     cfg = info.quant_config
-    for key, t in tensors.items():
-        _check_finite(p, key, t)
     for entry in info.layers:
-        try:
-            name, k, n = entry["name"], int(entry["in_features"]), int(entry["out_features"])
-            has_bias, groups = bool(entry["bias"]), int(entry["groups"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(p, f"malformed layer entry {entry!r}") from None
+        name, k, n, has_bias, groups = _entry_fields(p, entry)
         if not cfg.selects(name):
             raise CheckpointError(p, f"layer '{name}' is quantized but the quantization config does not select it")
         try:
@@ -185,41 +284,93 @@ def _validate_tensors(p: Path, info: CheckpointInfo, tensors: dict[str, torch.Te
             raise CheckpointError(p, f"layer '{name}': {e}") from None
         if groups != expected_groups:
             raise CheckpointError(p, f"layer '{name}' has {groups} weight groups, config implies {expected_groups}")
-        expect = {
-            "qweight": (packed_shape(n, k, cfg.weight_bits), torch.uint8),
-            "w_scale": ((n, groups), torch.float32),
-            "w_zero": ((n, groups), torch.float32),
-            "clip_lower": ((cfg.timestep_groups,), torch.float32),
-            "clip_upper": ((cfg.timestep_groups,), torch.float32),
-        }
-        if has_bias:
-            expect["bias"] = ((n,), torch.float32)
-        for suffix, (shape, dtype) in expect.items():
+        for suffix, (shape, dtype) in _layer_expect(cfg, n, k, groups, has_bias).items():
             key = f"{name}.{suffix}"
             if key not in tensors:
                 raise CheckpointError(p, f"tensor '{key}' is missing")
-            t = tensors[key]
-            if tuple(t.shape) != tuple(shape):
-                raise CheckpointError(p, f"tensor '{key}' has shape {tuple(t.shape)}, expected {tuple(shape)}")
-            if t.dtype != dtype:
-                raise CheckpointError(p, f"tensor '{key}' has dtype {t.dtype}, expected {dtype}")
-        if bool((tensors[f"{name}.w_scale"] <= 0).any()):
-            raise CheckpointError(p, f"tensor '{name}.w_scale' has non-positive scales")
-        codes = unpack_codes(tensors[f"{name}.qweight"], k, cfg.weight_bits)
-        if int(codes.max()) > cfg.weight_qmax:
-            raise CheckpointError(
-                p, f"tensor '{name}.qweight' holds codes above {cfg.weight_qmax} for {cfg.weight_bits}-bit weights"
-            )
+            if tensors.shape(key) != tuple(shape):
+                raise CheckpointError(p, f"tensor '{key}' has shape {tensors.shape(key)}, expected {tuple(shape)}")
+            if tensors.dtype(key) != dtype:
+                raise CheckpointError(p, f"tensor '{key}' has dtype {tensors.dtype(key)}, expected {dtype}")
 
 
-def build_model(info: CheckpointInfo, tensors: dict[str, torch.Tensor]) -> QuantizedWan:
-    """Build the fake-quant model described by a validated checkpoint."""
-    from qvgen_export.models.wan import build_wan
+def _read_layer(
+    p: Path, info: CheckpointInfo, tensors: Mapping[str, torch.Tensor], entry: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """Read one layer's tensors (once) and check their values; ``codes`` holds the unpacked codes."""
+    cfg = info.quant_config
+    name, k, n, has_bias, groups = _entry_fields(p, entry)
+    out: dict[str, torch.Tensor] = {}
+    for suffix in _layer_expect(cfg, n, k, groups, has_bias):
+        t = tensors[f"{name}.{suffix}"]
+        _check_finite(p, f"{name}.{suffix}", t)
+        out[suffix] = t
+    if bool((out["w_scale"] <= 0).any()):
+        raise CheckpointError(p, f"tensor '{name}.w_scale' has non-positive scales")
+    codes = unpack_codes(out.pop("qweight"), k, cfg.weight_bits)
+    if codes.numel() and int(codes.max()) > cfg.weight_qmax:
+        raise CheckpointError(
+            p, f"tensor '{name}.qweight' holds codes above {cfg.weight_qmax} for {cfg.weight_bits}-bit weights"
+        )
+    out["codes"] = codes
+    return out
+
+
+def _read_float(p: Path, tensors: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+    t = tensors[key]
+    _check_finite(p, key, t)
+    return t
+
+
+# Rows per chunk when dequantizing / re-deriving codes: bounds the float temporaries (~16 MiB)
+# whatever the layer width; the math is elementwise, so chunking changes no bit.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _materialise_layer(
+    p: Path, name: str, parts: dict[str, torch.Tensor], cfg: QuantConfig, ctx: QuantContext
+) -> QuantLinear:
+    """A ``QuantLinear`` straight from its file tensors; its latent weight is ``w_hat``.
+
+    ``w_hat = q * s - z * s`` re-quantizes to ``q`` for every valid checkpoint; that is checked
+    here, chunk by chunk, against the codes read from the file (no second read).
+    """
+    codes, s, z = parts["codes"], parts["w_scale"], parts["w_zero"]
+    n, k = codes.shape
+    with params_on_meta():
+        layer = QuantLinear(k, n, "bias" in parts, cfg, ctx)
+    weight = torch.empty(n, k, dtype=torch.float32)
+    rows = max(1, _CHUNK_ELEMENTS // max(k, 1))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        weight[r0:r1] = weight_dequant(codes[r0:r1].float(), s[r0:r1], z[r0:r1])
+        back = weight_codes(weight[r0:r1], s[r0:r1], z[r0:r1], cfg.weight_qmax).to(torch.uint8)
+        if not torch.equal(back, codes[r0:r1]):
+            raise CheckpointError(p, f"layer '{name}': scales and codes are inconsistent (codes do not round-trip)")
+    values = {"weight": weight, "w_scale": s, "w_zero": z, "clip_lower": parts["clip_lower"]}
+    values["clip_upper"] = parts["clip_upper"]
+    if "bias" in parts:
+        values["bias"] = parts["bias"]
+    for attr, v in values.items():
+        old = getattr(layer, attr)
+        setattr(layer, attr, nn.Parameter(v, requires_grad=old.requires_grad))
+    return layer
+
+
+def build_model(info: CheckpointInfo, tensors: Mapping[str, torch.Tensor]) -> QuantizedWan:
+    """Build the fake-quant model described by a checkpoint whose header is validated.
+
+    The transformer is built on the meta device; each quantized linear is materialised from its
+    packed codes, scales, zero points, clip logits and bias, and every other tensor is read in
+    its stored dtype and cast to the model's (float32), one tensor at a time. Values are checked
+    as they are read (see :func:`read_info`).
+    """
+    from qvgen_export.models.wan import wan_skeleton
 
     p = Path(info.path)
     cfg = info.quant_config
     try:
-        transformer = build_wan(info.model_config, seed=None)
+        transformer = wan_skeleton(info.model_config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(p, f"model_config does not build a {info.model_class}: {e}") from None
     names = [e["name"] for e in info.layers]
@@ -234,45 +385,40 @@ def build_model(info: CheckpointInfo, tensors: dict[str, torch.Tensor]) -> Quant
         lin = transformer.get_submodule(entry["name"])
         if (lin.in_features, lin.out_features) != (entry["in_features"], entry["out_features"]):
             raise CheckpointError(p, f"layer '{entry['name']}' shape does not match model_config")
-    model = QuantizedWan.from_float(transformer, cfg, init=False)
-    layers = model.quant_linears()
-    float_state: dict[str, torch.Tensor] = {}
-    quant_prefixes = tuple(f"{n}." for n in layers)
-    for key, t in tensors.items():
-        if not key.startswith(quant_prefixes):
-            float_state[key] = t
-    with torch.no_grad():
-        for name, layer in layers.items():
-            s, z = tensors[f"{name}.w_scale"], tensors[f"{name}.w_zero"]
-            codes = unpack_codes(tensors[f"{name}.qweight"], layer.in_features, cfg.weight_bits).float()
-            layer.w_scale.copy_(s)
-            layer.w_zero.copy_(z)
-            # The latent weight becomes the dequantized one; re-quantizing it returns the codes.
-            layer.weight.copy_(weight_dequant(codes, s, z))
-            layer.clip_lower.copy_(tensors[f"{name}.clip_lower"])
-            layer.clip_upper.copy_(tensors[f"{name}.clip_upper"])
-            if layer.bias is not None:
-                layer.bias.copy_(tensors[f"{name}.bias"])
-            if not torch.equal(layer.codes(), codes.to(torch.uint8)):
-                raise CheckpointError(p, f"layer '{name}': scales and codes are inconsistent (codes do not round-trip)")
-    expected = {k for k in transformer.state_dict() if not k.startswith(quant_prefixes)}
-    missing = sorted(expected - set(float_state))
-    unknown = sorted(set(float_state) - expected)
+    quant_prefixes = tuple(f"{n}." for n in names)
+    sd = {k: tuple(t.shape) for k, t in transformer.state_dict().items() if not k.startswith(quant_prefixes)}
+    float_keys = float_tensor_keys(info, tensors)
+    missing = [k for k in sd if k not in set(float_keys)]
+    unknown = sorted(set(float_keys) - set(sd))
     if missing:
         raise CheckpointError(p, f"tensor '{missing[0]}' is missing ({len(missing)} float tensors missing)")
     if unknown:
         raise CheckpointError(p, f"unknown tensor '{unknown[0]}' ({len(unknown)} tensors the model does not have)")
-    sd = transformer.state_dict()
-    for key, t in float_state.items():
-        if tuple(sd[key].shape) != tuple(t.shape):
-            raise CheckpointError(p, f"tensor '{key}' has shape {tuple(t.shape)}, expected {tuple(sd[key].shape)}")
-    transformer.load_state_dict(float_state, strict=False)
-    return model.eval()
+    shape_of = getattr(tensors, "shape", None)
+    for key in float_keys:
+        shape = shape_of(key) if shape_of is not None else tuple(tensors[key].shape)
+        if tuple(shape) != sd[key]:
+            raise CheckpointError(p, f"tensor '{key}' has shape {tuple(shape)}, expected {sd[key]}")
+    ctx = QuantContext()
+    with torch.no_grad():
+        for entry in info.layers:
+            parts = _read_layer(p, info, tensors, entry)
+            _set_submodule(transformer, entry["name"], _materialise_layer(p, entry["name"], parts, cfg, ctx))
+        for key in float_keys:
+            assign_tensor(transformer, key, _read_float(p, tensors, key))
+    left = meta_tensor_names(transformer)
+    if left:
+        raise CheckpointError(p, f"tensor '{left[0]}' was never loaded ({len(left)} tensors)")
+    return QuantizedWan(transformer, cfg, ctx).eval()
 
 
 def load_quantized_model(path: str | Path) -> tuple[QuantizedWan, CheckpointInfo]:
-    """Read, validate and build a quantized checkpoint. Raises :class:`CheckpointError`."""
-    info, tensors = read_info(path)
+    """Read, validate and build a quantized checkpoint, streaming. Raises :class:`CheckpointError`.
+
+    Header checks first (no tensor read), then each tensor is read once from the file while the
+    model is materialised on a meta skeleton; peak memory is the built model plus one layer.
+    """
+    info, tensors = read_info(path, check_values=False)
     return build_model(info, tensors), info
 
 

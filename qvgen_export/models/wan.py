@@ -51,30 +51,65 @@ def model_config_dict(model: torch.nn.Module) -> dict[str, Any]:
     return out
 
 
-def load_diffusers_transformer(path: str | Path, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def wan_skeleton(config: dict[str, Any], from_config: bool = False) -> torch.nn.Module:
+    """A ``WanTransformer3DModel`` whose parameters are on the meta device (no memory, no init).
+
+    ``from_config`` builds it the way diffusers reads a folder's config.json (unknown keys
+    ignored); otherwise the config's keys are the constructor's arguments, as in :func:`build_wan`.
+    Buffers computed at construction (rotary tables) are real.
+    """
+    from diffusers import WanTransformer3DModel
+
+    from qvgen_export.utils.meta_init import params_on_meta
+
+    cfg = {k: v for k, v in config.items() if not k.startswith("_")}
+    if "patch_size" in cfg:
+        cfg["patch_size"] = tuple(cfg["patch_size"])
+    with params_on_meta():
+        model = WanTransformer3DModel.from_config(cfg) if from_config else WanTransformer3DModel(**cfg)
+    return model.eval()
+
+
+def skeleton_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """``state_dict`` name -> shape of a (meta) model: what a weight file must hold."""
+    return {k: tuple(t.shape) for k, t in model.state_dict().items()}
+
+
+def load_diffusers_transformer(path: str | Path, dtype: torch.dtype | None = torch.float32) -> torch.nn.Module:
     """Load a real Wan transformer from a local diffusers folder (never from a hub).
 
     ``path`` is a model folder holding ``config.json`` and safetensors weights (one file or
     shards with a ``*.safetensors.index.json``), or a pipeline folder with a ``transformer/``
-    subfolder. The model is built from its config and the weights are read with safetensors
-    directly: no pickle, and no dependency on accelerate's low-memory loading.
-    """
-    from diffusers import WanTransformer3DModel
-    from safetensors.torch import load_file
+    subfolder. The model is built on the meta device from its config and each tensor is read
+    lazily in its stored dtype, cast to ``dtype`` (``None`` keeps the stored dtypes) and
+    assigned, so peak memory is the loaded model plus one tensor. No pickle, no accelerate.
 
-    p = Path(path)
-    if (p / "transformer" / "config.json").is_file():
-        p = p / "transformer"
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: no diffusers config.json (expected a WanTransformer3DModel folder)")
-    files = sorted(p.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{p}: no .safetensors weights (pickled .bin weights are not loaded)")
-    model = WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(p))
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{p}: weights do not match config.json (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.to(dtype).eval()
+    Raises :class:`~qvgen_export.models.diffusers_folder.DiffusersFolderError` (a ValueError; a
+    FileNotFoundError too for absent files) for a missing config or shard, an index naming a
+    tensor its shard lacks, pickled weights, or weights that do not match config.json.
+    """
+    from qvgen_export.models.diffusers_folder import DiffusersFolder, DiffusersFolderError
+    from qvgen_export.utils.meta_init import assign_tensor
+
+    folder = DiffusersFolder(path)
+    try:
+        model = wan_skeleton(folder.config, from_config=True)
+    except (TypeError, ValueError) as e:
+        raise DiffusersFolderError(
+            f"{folder.path / 'config.json'}: does not build a WanTransformer3DModel ({e})"
+        ) from None
+    folder.check_matches(skeleton_shapes(model))
+    with torch.no_grad():
+        for key in model.state_dict():
+            t = folder.get(key)
+            if dtype is not None and t.is_floating_point():
+                t = t.to(dtype)
+            assign_tensor(model, key, t, cast=dtype is not None)
+        if dtype is not None:
+            # As before (whole-model .to(dtype)): buffers computed at construction (rotary
+            # tables) are cast too; parameters already are, so nothing else is copied.
+            for mod in model.modules():
+                for name, b in mod._buffers.items():
+                    if b is not None and b.is_floating_point():
+                        mod._buffers[name] = b.to(dtype)
+    return model.eval()

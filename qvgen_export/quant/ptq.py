@@ -19,25 +19,27 @@ from tqdm.auto import tqdm
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear
+from qvgen_export.quant.range_search import MSE_POWER, SHRINK_GRID, mse_search_weight_fast, scale_zero, weight_ranges
 
-SHRINK_GRID = torch.arange(100, 20, -1, dtype=torch.float64) / 100.0  # 1.00 .. 0.21
-MSE_POWER = 2.4
 CLIP_GRID = (1.0, 0.975, 0.95, 0.9, 0.85, 0.8, 0.7)
 
 
-def _scale_zero(lo: torch.Tensor, hi: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    qmax = config.weight_qmax
-    if config.weight_symmetric:
-        half = 2 ** (config.weight_bits - 1)
-        s = torch.maximum(hi.abs(), lo.abs()) / max(half - 1, 1)
-        return s.clamp(min=1e-12), torch.full_like(s, float(half))
-    s = ((hi - lo) / qmax).clamp(min=1e-12)
-    return s, -lo / s
+_scale_zero = scale_zero
 
 
 @torch.no_grad()
 def mse_search_weight(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row (group) scale and float zero point ``[N, G]`` minimising ``|Qw(w) - w|^2.4``."""
+    """Per row (group) scale and float zero point ``[N, G]`` minimising ``|Qw(w) - w|^2.4``.
+
+    The vectorised search (``range_search.mse_search_weight_fast``); same result as
+    :func:`mse_search_weight_reference` up to documented ulp-level ties.
+    """
+    return mse_search_weight_fast(w, config)
+
+
+@torch.no_grad()
+def mse_search_weight_reference(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original loop over shrink factors: the oracle the fast search is tested against."""
     n, k = w.shape
     g = config.weight_groups(k)
     wg = w.detach().float().reshape(n, g, k // g)  # [N, G, group]
@@ -58,8 +60,9 @@ def mse_search_weight(w: torch.Tensor, config: QuantConfig) -> tuple[torch.Tenso
     return best_s, best_z
 
 
-def init_weight_quantizer(q: QuantLinear) -> None:
-    s, z = mse_search_weight(q.weight, q.config)
+def init_weight_quantizer(q: QuantLinear, method: str = "mse") -> None:
+    """Set ``q``'s scale and zero point from its weight: ``"mse"`` search or ``"minmax"`` ranges."""
+    s, z = weight_ranges(q.weight, q.config, method)
     with torch.no_grad():
         q.w_scale.copy_(s)
         q.w_zero.copy_(z)
@@ -119,13 +122,17 @@ def ptq_quantize(
     config: QuantConfig,
     calib_batches: Iterable[dict[str, torch.Tensor]] | None = None,
     progress: bool = True,
+    weight_ranges_method: str = "mse",
 ) -> QuantizedWan:
     """Quantize a float ``WanTransformer3DModel`` (modified in place) and return the wrapper.
 
     Without ``calib_batches`` this is QVGen's initialisation exactly (MSE weight ranges, initial
     activation clip); with them, activation clips are also calibrated (``calibrate_act_clips``).
+    ``weight_ranges_method="minmax"`` uses plain min/max weight ranges instead of the search.
     """
-    qmodel = QuantizedWan.from_float(model, config, init=True)
+    qmodel = QuantizedWan.from_float(model, config, init=False)
+    for layer in qmodel.quant_linears().values():
+        init_weight_quantizer(layer, weight_ranges_method)
     if calib_batches is not None:
         calibrate_act_clips(qmodel, calib_batches, progress=progress)
     return qmodel.eval()

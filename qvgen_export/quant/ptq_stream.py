@@ -1,0 +1,151 @@
+"""Block-streaming PTQ: a local diffusers folder -> a quantized checkpoint, one layer at a time.
+
+Only the tensor being quantized (plus its range-search temporaries) is ever in memory: the model
+is a meta skeleton (names, shapes, module order), each float weight is read from its shard,
+quantized, written at its place in the output file and dropped, so peak memory is set by the
+widest layer, not by depth. The output is the same file :func:`save_checkpoint` writes for
+``ptq_quantize(load_diffusers_transformer(folder), config)`` (same tensors, same metadata),
+written in one pass to a temp file that is renamed onto ``out_ckpt`` only when complete.
+
+Calibration-free only (weight ranges, initial activation clips); activation-clip calibration
+needs block inputs streamed through the model and is not done here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qvgen_export.checkpoint.format import checkpoint_metadata
+from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter
+from qvgen_export.quant import functional as QF
+from qvgen_export.quant.config import QuantConfig
+from qvgen_export.quant.modules import quantizable_linears
+from qvgen_export.quant.packing import pack_codes, packed_shape
+from qvgen_export.quant.range_search import WEIGHT_RANGES, weight_ranges
+from qvgen_export.utils.atomic import atomic_file, ensure_writable_dir
+
+
+def _unit(key: str) -> str:
+    """The streaming unit of a tensor: ``blocks.<i>`` for block tensors, else its top module."""
+    parts = key.split(".")
+    return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+
+
+def quantize_linear_tensors(
+    w: torch.Tensor, bias: torch.Tensor | None, config: QuantConfig, ranges: str = "mse"
+) -> dict[str, torch.Tensor]:
+    """The checkpoint tensors of one linear (suffix -> tensor), as ``ptq_quantize`` + save make them."""
+    wf = w.detach().float()
+    s, z = weight_ranges(wf, config, ranges)
+    s, z = s.contiguous(), z.contiguous()
+    codes = QF.weight_codes(wf, s, z, config.weight_qmax).to(torch.uint8)
+    # QuantLinear's initial clip logits: the same float, the same torch.full.
+    logit = math.log(config.act_clip_init / (1.0 - config.act_clip_init))
+    out = {
+        "qweight": pack_codes(codes, config.weight_bits),
+        "w_scale": s,
+        "w_zero": z,
+        "clip_lower": torch.full((config.timestep_groups,), logit),
+        "clip_upper": torch.full((config.timestep_groups,), logit),
+    }
+    if bias is not None:
+        out["bias"] = bias.detach().float().contiguous()
+    return out
+
+
+def ptq_quantize_folder(
+    diffusers_dir: str | Path,
+    out_ckpt: str | Path,
+    config: QuantConfig,
+    weight_ranges_method: str = "mse",
+    dtype: torch.dtype = torch.float32,
+    extra: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Path:
+    """Quantize the Wan transformer in ``diffusers_dir`` to the checkpoint ``out_ckpt``, streaming.
+
+    ``weight_ranges_method``: ``"mse"`` (QVGen's shrink search, the default of ``ptq_quantize``)
+    or ``"minmax"``. ``dtype`` is the float dtype of the unquantized tensors (float32, as
+    ``load_diffusers_transformer`` gives). Raises ``DiffusersFolderError`` (ValueError) for a bad
+    folder, ``ValueError`` for non-finite weights or a config that selects nothing, ``OSError``
+    when the disk fills; nothing is left under ``out_ckpt`` on any failure.
+    """
+    from tqdm.auto import tqdm
+
+    from qvgen_export.models.diffusers_folder import DiffusersFolder, DiffusersFolderError
+    from qvgen_export.models.wan import model_config_dict, skeleton_shapes, wan_skeleton
+
+    if weight_ranges_method not in WEIGHT_RANGES:
+        raise ValueError(f"unknown weight range method {weight_ranges_method!r}; expected one of {WEIGHT_RANGES}")
+    folder = DiffusersFolder(diffusers_dir)
+    try:
+        skeleton = wan_skeleton(folder.config, from_config=True)
+    except (TypeError, ValueError) as e:
+        raise DiffusersFolderError(
+            f"{folder.path / 'config.json'}: does not build a WanTransformer3DModel ({e})"
+        ) from None
+    shapes = skeleton_shapes(skeleton)
+    folder.check_matches(shapes)
+    names = quantizable_linears(skeleton, config)
+    if not names:
+        raise ValueError("the quantization config selects no nn.Linear of the model")
+
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    entries = []
+    for name in names:
+        lin = skeleton.get_submodule(name)
+        n, k, has_bias = lin.out_features, lin.in_features, lin.bias is not None
+        g = config.weight_groups(k)
+        entries.append({"name": name, "in_features": k, "out_features": n, "bias": has_bias, "groups": g})
+        specs[f"{name}.qweight"] = (torch.uint8, packed_shape(n, k, config.weight_bits))
+        specs[f"{name}.w_scale"] = (torch.float32, (n, g))
+        specs[f"{name}.w_zero"] = (torch.float32, (n, g))
+        specs[f"{name}.clip_lower"] = (torch.float32, (config.timestep_groups,))
+        specs[f"{name}.clip_upper"] = (torch.float32, (config.timestep_groups,))
+        if has_bias:
+            specs[f"{name}.bias"] = (torch.float32, (n,))
+    quant = set(names)
+    float_keys = [k for k in shapes if k.rpartition(".")[0] not in quant]
+    for key in float_keys:
+        stored = folder.dtype(key)
+        assert isinstance(stored, torch.dtype)  # check_matches refused the rest
+        specs[key] = (dtype if stored.is_floating_point else stored, shapes[key])
+    meta = checkpoint_metadata(type(skeleton).__name__, model_config_dict(skeleton), config, entries, extra)
+
+    def read(key: str) -> torch.Tensor:
+        t = folder.get(key)
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{folder.file_of(key)}: tensor '{key}' contains NaN or Inf")
+        return t
+
+    out = Path(out_ckpt)
+    ensure_writable_dir(out)
+    units: dict[str, list[str]] = {}
+    for key in shapes:  # module order; a quantized linear is handled at its weight
+        units.setdefault(_unit(key), []).append(key)
+    with atomic_file(out) as tmp:
+        writer = StreamingSafetensorsWriter(tmp, specs, meta)
+        try:
+            for unit_keys in tqdm(list(units.values()), desc="PTQ (streaming)", disable=not progress):
+                for key in unit_keys:
+                    owner, _, leaf = key.rpartition(".")
+                    if owner in quant:
+                        if leaf != "weight":
+                            continue
+                        bias = read(f"{owner}.bias") if f"{owner}.bias" in shapes else None
+                        parts = quantize_linear_tensors(read(key), bias, config, weight_ranges_method)
+                        for suffix, t in parts.items():
+                            writer.write(f"{owner}.{suffix}", t)
+                        del parts, bias
+                    else:
+                        t = read(key)
+                        writer.write(key, t.to(specs[key][0]).contiguous())
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+    return out
