@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qvgen_export.export.onnx_export import IR_VERSION, OPSET, _quiet_exporter
-from qvgen_export.parity.sides import Side, ort_runner, torch_runner, trt_runner
+from qvgen_export.parity.sides import PYTORCH, Side, ort_runner, torch_runner, trt_runner
 from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear
 from qvgen_export.targets import get_target
 
@@ -169,7 +169,7 @@ def check_layers(
     inputs: tuple[torch.Tensor, ...],
     work_dir: Path,
     test: Side,
-    reference: Side = Side("pytorch"),
+    reference: Side = PYTORCH,
     progress: bool = True,
 ) -> list[LayerParity]:
     """Every quantized linear on ``test`` vs ``reference``, each fed its captured input."""
@@ -188,10 +188,10 @@ def check_layers(
     saved_runs: dict[str, list[Any]] = {test.label: [], reference.label: []}
     if test.label == reference.label:
         raise ValueError(f"parity needs two different sides, got {test.label} twice")
-    for name in tqdm(list(layers), desc="layer parity", disable=not progress):
+    for name, layer in tqdm(list(layers.items()), desc="layer parity", disable=not progress):
         x, group = captured[name]
         feed = _feed(x, group)
-        runners = [g.runner(name, layers[name], x, group) for g in graphs]
+        runners = [g.runner(name, layer, x, group) for g in graphs]
         run = Comparator.run(runners, data_loader=[feed])
         y_test = np.asarray(run[test.label][0]["y"])
         y_ref = np.asarray(run[reference.label][0]["y"])
@@ -201,8 +201,8 @@ def check_layers(
             run, compare_func=SimpleCompareFunc(atol=LAYER_TOLERANCE * scale, rtol=0.0)
         )
         saved_feeds.append(feed)
-        for label in saved_runs:
-            saved_runs[label].append(run[label][0])
+        for label, iters in saved_runs.items():
+            iters.append(run[label][0])
         results.append(
             LayerParity(
                 name=name,

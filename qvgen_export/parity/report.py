@@ -13,8 +13,8 @@ import torch
 
 from qvgen_export.parity import layers as layer_parity
 from qvgen_export.parity import steps as step_parity
-from qvgen_export.quant.modules import QuantizedWan
 from qvgen_export.parity.sides import Side, denoiser, parse_side
+from qvgen_export.quant.modules import QuantizedWan
 from qvgen_export.runtime.sampler import sample_video
 from qvgen_export.runtime.video import pixel_decode
 from qvgen_export.utils.atomic import atomic_file

@@ -51,6 +51,9 @@ class Side:
         return self.folder / str(self.manifest["model_file"])
 
 
+PYTORCH = Side("pytorch")
+
+
 def parse_side(spec: str | Path) -> Side:
     """``pytorch``, ``ort:DIR``, ``trt:DIR`` or a bare ``DIR`` (ONNX Runtime)."""
     from qvgen_export.runtime.backends import read_folder_manifest

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from qvgen_export.artifact.contract import VELOCITY, feeds
 from qvgen_export.export.onnx_export import quantized_layer_nodes
-from qvgen_export.parity.sides import Side, ort_runner, torch_runner, trt_runner
+from qvgen_export.parity.sides import PYTORCH, Side, ort_runner, torch_runner, trt_runner
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear
 
@@ -159,7 +159,7 @@ def check_steps(
     work_dir: Path,
     calls_per_step: int,
     test: Side,
-    reference: Side = Side("pytorch"),
+    reference: Side = PYTORCH,
     progress: bool = True,
 ) -> list[StepParity]:
     """Feed every recorded transformer call to both sides through Polygraphy."""
