@@ -10,7 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from qvgen_export.targets.registry import EngineUnavailableError
+
 EXIT_BAD_INPUT = 2
+# The folder was written but a stage needing hardware this machine lacks (a TensorRT engine) was not.
+EXIT_ENGINE_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130
 
 # Errors a user can cause (bad file, bad flag, unwritable folder, missing extra): one line, no
@@ -32,6 +36,10 @@ def artifacts_dir() -> Path:
     return Path(os.environ.get("QVGEN_ARTIFACTS", "artifacts"))
 
 
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def cli_entry(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], int]]:
     def wrap(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
         @functools.wraps(fn)
@@ -41,9 +49,11 @@ def cli_entry(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callab
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 return EXIT_INTERRUPTED
+            except EngineUnavailableError as e:
+                print(f"{prog}: engine not built: {_first_line(e)}", file=sys.stderr)
+                return EXIT_ENGINE_UNAVAILABLE
             except USER_ERRORS as e:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                print(f"{prog}: error: {msg}", file=sys.stderr)
+                print(f"{prog}: error: {_first_line(e)}", file=sys.stderr)
                 return EXIT_BAD_INPUT
 
         return main

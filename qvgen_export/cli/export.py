@@ -1,4 +1,4 @@
-"""``qvgen-export``: quantized checkpoint -> exported folder (ONNX with INT4 QDQ; TensorRT later)."""
+"""``qvgen-export``: quantized checkpoint -> exported folder (ONNX QDQ, or plugin graph + TensorRT engine)."""
 
 from __future__ import annotations
 
@@ -6,40 +6,64 @@ import argparse
 import sys
 from pathlib import Path
 
-from qvgen_export.cli.common import HelpFormatter, artifacts_dir, cli_entry
+from qvgen_export.cli.common import EXIT_ENGINE_UNAVAILABLE, HelpFormatter, artifacts_dir, cli_entry
+from qvgen_export.targets import TARGETS
 
-DESCRIPTION = """\
+
+def _description() -> str:
+    targets = "\n".join(f"  {t.name:<5} {t.summary}" for t in TARGETS.values())
+    return f"""\
 Lower a qvgen-export quantized checkpoint (safetensors, see docs/checkpoint-format.md).
 
 targets:
-  onnx  ONNX opset 21: INT4 weight initializers feeding DequantizeLinear, per-token dynamic
-        activation QuantizeLinear/DequantizeLinear with the timestep-group clip table in the
-        graph; dynamic batch, frames, height, width and text length. Runs on ONNX Runtime.
-  trt   one custom INT4 GEMM node per quantized linear plus a TensorRT engine (not yet
-        available in this version).
+{targets}
 
 The output folder holds model.onnx (+ model.onnx.data above 2 GiB) and manifest.json with
-versions, shapes and SHA-256 hashes. It is written atomically: a failed export leaves no
-folder behind.
+versions, shapes, the plugin's name and version (trt) and SHA-256 hashes. It is written
+atomically: a failed export leaves no folder behind. Dynamic axes: batch, frames, height,
+width, text length.
+
+--target trt then builds model.plan + engine.json into the folder where TensorRT, a CUDA GPU
+and the plugin library (plugins/trt, docs/tensorrt.md) are present. Where one is missing the
+complete plugin-graph folder is still written, one line says what is missing, and the exit
+code is {EXIT_ENGINE_UNAVAILABLE}; build the engine later on a GPU machine with qvgen-build-engine.
+
+exit codes: 0 done, 2 bad input (one line names the file and the problem),
+{EXIT_ENGINE_UNAVAILABLE} folder written but no engine built (TensorRT/GPU/plugin library missing).
 """
 
 
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TensorRT engine")
+    g.add_argument(
+        "--plugin-library", type=Path, help="libqvgen_trt_plugin.so (default: $QVGEN_TRT_PLUGIN or build/native/lib)"
+    )
+    g.add_argument(
+        "--profile",
+        help="shape profile: 480p, 720p or tiny, and/or axis=min:opt:max overrides, e.g. '480p,batch=1:2:2' "
+        "(axes: batch, frames, height, width, text_len; latent sizes). Default: tiny for 3-channel models, else 480p",
+    )
+    g.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file to read and update")
+    g.add_argument("--workspace-gib", type=float, help="TensorRT workspace limit in GiB (default: TensorRT's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qvgen-export", description=DESCRIPTION, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(prog="qvgen-export", description=_description(), formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, type=Path, help="quantized checkpoint (.safetensors)")
-    p.add_argument("--target", default="onnx", help="export target: onnx or trt")
+    p.add_argument("--target", default="onnx", choices=list(TARGETS), help="export target")
     p.add_argument("--out", type=Path, help="output folder (default: artifacts/<ckpt stem>_<target>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-engine", action="store_true", help="trt: write the plugin graph only, build no engine")
     p.add_argument("--quiet", action="store_true", help="print only the output path")
+    add_engine_args(p)
     return p
 
 
 @cli_entry("qvgen-export")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from qvgen_export.export.pipeline import check_target, export_checkpoint
+    from qvgen_export.export.pipeline import export_checkpoint
 
-    check_target(args.target)
     out = args.out or artifacts_dir() / f"{args.ckpt.stem}_{args.target}"
     if not args.quiet:
         print(f"exporting {args.ckpt} -> {out} (target {args.target}) ...", file=sys.stderr)
@@ -47,10 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         qc = fields["quant_config"]
         print(
-            f"wrote {out}: {fields['num_quantized_linears']} W{qc['weight_bits']}A{qc['act_bits']} linears, "
-            f"opset {fields['opset']}, {fields['export_seconds']} s",
+            f"wrote {out}: {fields['num_quantized_linears']} W{qc['weight_bits']}A{qc['act_bits']} linears "
+            f"({fields['num_quant_nodes']} {TARGETS[args.target].quant_node} nodes), opset {fields['opset']}, "
+            f"{fields['export_seconds']} s",
             file=sys.stderr,
         )
+    if args.target == "trt" and not args.no_engine:
+        from qvgen_export.cli.build_engine import build_from_args
+
+        build_from_args(out, args)  # EngineUnavailableError -> one line, exit 3 (folder kept)
     print(out)
     return 0
 

@@ -2,8 +2,10 @@
 
 Examples:
   qvgen-run --model artifacts/wan_w4a4_onnx --prompt "a red circle moving right"
+  qvgen-run --model artifacts/wan_w4a4_trt               # TensorRT engine if built and runnable, else ONNX Runtime
   qvgen-run --ckpt wan_w4a4.safetensors                  # PyTorch fake-quant reference
   qvgen-run --model artifacts/wan_w4a4_onnx --parity wan_w4a4.safetensors
+  qvgen-run --model artifacts/wan_w4a4_trt --parity wan_w4a4.safetensors --reference ort:artifacts/wan_w4a4_onnx
 """
 
 from __future__ import annotations
@@ -18,10 +20,23 @@ from qvgen_export.cli.common import HelpFormatter, add_sampling_args, artifacts_
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qvgen-run", description=__doc__, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="exported folder (manifest.json + model.onnx), run by ONNX Runtime")
+    src.add_argument("--model", type=Path, help="exported folder (manifest.json + model.onnx), either target")
     src.add_argument("--ckpt", type=Path, help="quantized checkpoint, run by PyTorch (fake-quant reference)")
     p.add_argument(
         "--parity", type=Path, metavar="CKPT", help="with --model: compare against this checkpoint (Polygraphy)"
+    )
+    p.add_argument(
+        "--backend",
+        choices=["auto", "ort", "trt"],
+        default="auto",
+        help="with --model: ort = ONNX Runtime (either target; the plugin graph via onnxruntime-extensions), "
+        "trt = the folder's TensorRT engine, auto = trt where the folder has an engine this machine can run",
+    )
+    p.add_argument(
+        "--reference",
+        default="pytorch",
+        metavar="SIDE",
+        help="with --parity: what the model is compared against: pytorch (the checkpoint) or ort:DIR / trt:DIR",
     )
     p.add_argument(
         "--int4",
@@ -48,15 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("--int4 runs a checkpoint natively; give --ckpt")
     if args.parity and not args.model:
         raise ValueError("--parity compares an exported --model against a checkpoint; give --model")
-    from qvgen_export.runtime.backends import Denoiser, OrtBackend, TorchBackend
+    from qvgen_export.runtime.backends import Denoiser, TorchBackend, open_backend
     from qvgen_export.runtime.generate import GenerationSpec, generate
     from qvgen_export.runtime.prompts import DEFAULT_PROMPTS, encode_prompts, load_prompt_embeds
 
     out = args.out or artifacts_dir() / "run"
     progress = not args.quiet
     if args.model:
-        backend = OrtBackend(args.model)
-        tag = "onnx"
+        backend = open_backend(args.model, args.backend)
+        tag = {"onnxruntime": "onnx", "onnxruntime-trt": "trt_ort", "tensorrt": "trt"}.get(backend.name, backend.name)
     elif args.int4:
         from qvgen_export.runtime.torch_int4 import load_int4_model
 
@@ -93,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
         model, _ = load_quantized_model(args.parity)
         pspec = SamplingSpec(pe, ne, shape, args.steps, args.guidance, args.scheduler, args.shift, args.seed)
-        report = run_parity(model, args.model, pspec, out / "parity_work", progress=progress)
+        test = f"{'trt' if backend.name == 'tensorrt' else 'ort'}:{args.model}"
+        report = run_parity(model, test, pspec, out / "parity_work", progress=progress, reference=args.reference)
         _, mp = write_report(report, out)
         s = report["summary"]
         print(f"parity {'PASS' if s['passed'] else 'FAIL'}: report {mp}", file=sys.stderr)

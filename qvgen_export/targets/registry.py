@@ -20,6 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 
+class EngineUnavailableError(RuntimeError):
+    """A target's hardware stage cannot run here (TensorRT, a GPU or the plugin library is missing).
+
+    The CLIs report it in one line with exit code 3: the folder was written, the engine was not.
+    """
+
+
 def resolve(ref: str) -> Any:
     module, _, attr = ref.partition(":")
     return getattr(importlib.import_module(module), attr)

@@ -23,16 +23,13 @@ from typing import Any
 from qvgen_export.artifact.contract import ShapeProfile, parse_profile
 from qvgen_export.export.manifest import sha256_file, verify_manifest
 from qvgen_export.targets.plugin_contract import load_contract
+from qvgen_export.targets.registry import EngineUnavailableError
 from qvgen_export.utils.atomic import atomic_file
 
 ENGINE_FILE = "model.plan"
 ENGINE_MANIFEST = "engine.json"
 PLUGIN_LIBRARY = "libqvgen_trt_plugin.so"
 ENGINE_FORMAT = "qvgen-export/trt-engine"
-
-
-class EngineUnavailableError(RuntimeError):
-    """TensorRT, a GPU or the plugin library is missing: the engine cannot be built or run here."""
 
 
 def import_tensorrt() -> Any:
