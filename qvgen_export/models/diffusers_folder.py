@@ -120,6 +120,11 @@ class DiffusersFolder:
         except UnreadableFile as e:
             raise DiffusersFolderError(str(e)) from None
 
+    def release(self) -> None:
+        """Unmap every shard (mapped pages count in RSS); later reads reopen what they need."""
+        for f in self._files.values():
+            f.close()
+
     def check_matches(self, expected: dict[str, tuple[int, ...]]) -> None:
         """Raise unless the folder holds exactly the tensors ``expected`` (name -> shape)."""
         missing = [k for k in expected if k not in self._where]

@@ -29,6 +29,18 @@ from qvgen_export.quant.range_search import WEIGHT_RANGES, weight_ranges
 from qvgen_export.utils.atomic import atomic_file, ensure_writable_dir
 
 
+def _trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc only; a no-op elsewhere)."""
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
 def _unit(key: str) -> str:
     """The streaming unit of a tensor: ``blocks.<i>`` for block tensors, else its top module."""
     parts = key.split(".")
@@ -144,6 +156,10 @@ def ptq_quantize_folder(
                     else:
                         t = read(key)
                         writer.write(key, t.to(specs[key][0]).contiguous())
+                # The unit's shard pages stay mapped (and in RSS) until released, and glibc keeps
+                # freed layer-sized blocks in its heap unless trimmed: both would grow with depth.
+                folder.release()
+                _trim_heap()
             writer.close()
         except BaseException:
             writer.abort()

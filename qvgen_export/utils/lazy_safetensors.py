@@ -48,7 +48,7 @@ class LazySafetensors:
 
         self.path = Path(path)
         try:
-            self._f: Any = safe_open(str(self.path), framework="pt")
+            self._f: Any | None = safe_open(str(self.path), framework="pt")
             self.metadata: dict[str, str] = dict(self._f.metadata() or {})
             keys = list(self._f.keys())
             # Shapes and dtypes come from the header alone (get_slice reads no tensor bytes).
@@ -76,12 +76,19 @@ class LazySafetensors:
     def dtype(self, key: str) -> torch.dtype | str:
         return self._info[key][1]
 
+    def close(self) -> None:
+        """Unmap the file. The pages read so far count in this process's RSS while it is mapped,
+        so streaming readers release each file when they move on; :meth:`get` reopens it."""
+        self._f = None
+
     def get(self, key: str) -> torch.Tensor:
         """The tensor ``key`` as a fresh CPU tensor in its stored dtype."""
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
 
         try:
+            if self._f is None:
+                self._f = safe_open(str(self.path), framework="pt")
             return self._f.get_tensor(key)
-        except (SafetensorError, OSError, RuntimeError) as e:
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UnreadableFile(self.path, f"tensor '{key}': {first}") from None
