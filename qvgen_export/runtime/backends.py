@@ -97,6 +97,10 @@ class OrtBackend:
         self.target = self.manifest["target"]
         self.name = "onnxruntime" if self.target == "onnx" else f"onnxruntime-{self.target}"
         self.model_config = self.manifest["model_config"]
+        if self.target == "trt":
+            from qvgen_export.targets.plugin_contract import check_plugin_nodes
+
+            check_plugin_nodes(folder / self.manifest["model_file"])
         self.session = ort_session(
             folder / self.manifest["model_file"],
             self.manifest.get("onnxruntime_session_config"),

@@ -94,3 +94,54 @@ def load_contract(path: Path = CONTRACT_FILE) -> PluginContract:
         min_rank=int(doc["min_rank"]),
         max_rank=int(doc["max_rank"]),
     )
+
+
+def check_plugin_nodes(onnx_path: str | Path) -> int:
+    """Check every plugin node of a graph against the contract; returns their count.
+
+    Catches a corrupted or hand-edited node before a runtime does (one ``ValueError`` line naming
+    the file and the node): wrong input count, missing/unknown/out-of-range fields, another
+    plugin version or namespace, and constant inputs whose shapes contradict the fields.
+    """
+    import onnx
+
+    from qvgen_export.quant.packing import kernel_row_bytes
+
+    c = load_contract()
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != c.op_type:
+            continue
+        count += 1
+        where = f"{onnx_path}: plugin node {node.name!r}"
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        try:
+            version = attrs.pop("plugin_version", b"1").decode()
+            namespace = attrs.pop("plugin_namespace", b"").decode()
+            if (version, namespace) != (c.version, c.namespace):
+                raise ValueError(
+                    f"is {c.op_type} version {version!r} namespace {namespace!r}, expected {c.version!r} {c.namespace!r}"
+                )
+            if node.domain != c.onnx_domain:
+                raise ValueError(f"has domain {node.domain!r}, expected {c.onnx_domain!r}")
+            if len(node.input) != len(c.inputs) or len(node.output) != len(c.outputs):
+                raise ValueError(
+                    f"has {len(node.input)} inputs / {len(node.output)} outputs, expected {len(c.inputs)} / {len(c.outputs)}"
+                )
+            fields = c.attributes(**attrs)
+            k, n = fields["in_features"], fields["out_features"]
+            expected = {
+                "qweight": [n, kernel_row_bytes(k) // 4],
+                "w_scale": [n],
+                "w_zero": [n],
+                "w_sum": [n],
+                "bias": [n],
+            }
+            for name, value in zip(c.inputs, node.input, strict=True):
+                if name in expected and value in shapes and shapes[value] != expected[name]:
+                    raise ValueError(f"input {name} has shape {shapes[value]}, fields say {expected[name]}")
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{where} {e}") from None
+    return count

@@ -61,3 +61,13 @@ def w4a4_export(tmp_path_factory, w4a4_ckpt) -> Path:
     finally:
         onnx_export.EXTERNAL_DATA_THRESHOLD = threshold
     return out
+
+
+@pytest.fixture(scope="session")
+def trt_export(tmp_path_factory, w4a4_ckpt) -> Path:
+    """The plugin-graph (--target trt) folder of the same checkpoint as ``w4a4_export``."""
+    from qvgen_export.export.pipeline import export_checkpoint
+
+    out = tmp_path_factory.mktemp("export") / "trt_w4a4"
+    export_checkpoint(w4a4_ckpt, out, target="trt")
+    return out
