@@ -1,7 +1,9 @@
 """``qvgen-demo``: the main job, end to end on the embedded tiny model, on CPU.
 
 float teacher -> W4A4 PTQ -> checkpoint -> ONNX export -> ONNX Runtime text-to-video sampling
--> videos -> Polygraphy parity report. Everything lands under ``artifacts/demo/``.
+-> videos -> Polygraphy parity report; then the TensorRT target's plugin graph of the same
+checkpoint (its engine where TensorRT and a GPU are present) and its own parity report.
+Everything lands under ``artifacts/demo/``.
 """
 
 from __future__ import annotations
@@ -75,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     spec = GenerationSpec(
         prompts, args.negative_prompt, shape, args.steps, args.guidance, args.scheduler, args.shift, args.seed
     )
-    _log(f"[1/5] model: {what}; sampling the float reference")
+    _log(f"[1/6] model: {what}; sampling the float reference")
     t = time.perf_counter()
     float_out = generate(
         Denoiser(TorchBackend(model, name="torch-float")), spec, pe, ne, out / "videos", "float", progress
     )
     timings["float_sampling_s"] = time.perf_counter() - t
 
-    _log(f"[2/5] PTQ to {qcfg.name} and writing the checkpoint")
+    _log(f"[2/6] PTQ to {qcfg.name} and writing the checkpoint")
     t = time.perf_counter()
     calib = None
     if args.calibrate:
@@ -99,18 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = save_checkpoint(qmodel, out / f"wan_{qcfg.name}.safetensors", extra={"method": "ptq", "source": what})
     timings["ptq_s"] = time.perf_counter() - t
 
-    _log(f"[3/5] exporting {ckpt.name} to ONNX")
+    _log(f"[3/6] exporting {ckpt.name} to ONNX")
     t = time.perf_counter()
     export_dir = out / f"onnx_{qcfg.name}"
     export_checkpoint(ckpt, export_dir, target="onnx", overwrite=True, progress=progress)
     timings["export_s"] = time.perf_counter() - t
 
-    _log("[4/5] sampling with the exported model in ONNX Runtime")
+    _log("[4/6] sampling with the exported model in ONNX Runtime")
     t = time.perf_counter()
     ort_out = generate(Denoiser(OrtBackend(export_dir)), spec, pe, ne, out / "videos", f"onnx_{qcfg.name}", progress)
     timings["onnx_sampling_s"] = time.perf_counter() - t
 
-    _log("[5/5] parity: ONNX Runtime vs the PyTorch quantized model (Polygraphy)")
+    _log("[5/6] parity: ONNX Runtime vs the PyTorch quantized model (Polygraphy)")
     t = time.perf_counter()
     loaded, _ = load_quantized_model(ckpt)
     pspec = SamplingSpec(pe, ne, shape, args.parity_steps, args.guidance, args.scheduler, args.shift, args.seed)
@@ -120,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     json_path, md_path = write_report(report, out, stem="parity")
     timings["parity_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    trt_summary = _trt_target(ckpt, qcfg, out, loaded, pspec, progress)
+    timings["trt_target_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
     summary: dict[str, Any] = {
@@ -131,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "contact_sheets": [float_out["contact_sheet"], ort_out["contact_sheet"]],
         "parity_report": [str(json_path), str(md_path)],
         "parity": report["summary"],
+        "trt_target": trt_summary,
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     (out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
@@ -141,9 +148,46 @@ def main(argv: list[str] | None = None) -> int:
         f"cosine and code-agreement deviation {s['cosine_deviation_ratio']:.2f}x / {s['code_deviation_ratio']:.2f}x "
         f"the noise floor, video PSNR {s['video_psnr_db']:.1f} dB (floor {s['floor_video_psnr_db']:.1f} dB)"
     )
-    _log(f"outputs in {out}/ (summary.json, parity.md, videos/, {ckpt.name}, {export_dir.name}/)")
+    _log(
+        f"outputs in {out}/ (summary.json, parity.md, parity_trt.md, videos/, {ckpt.name}, {export_dir.name}/, trt_{qcfg.name}/)"
+    )
     print(out)
-    return 0 if s["passed"] else 1
+    return 0 if s["passed"] and trt_summary.get("passed", True) else 1
+
+
+def _trt_target(ckpt: Path, qcfg: Any, out: Path, loaded: Any, pspec: Any, progress: bool) -> dict[str, Any]:
+    """Step 6: the same checkpoint as the TensorRT target's plugin graph, its engine if possible, its parity."""
+    from qvgen_export.export.pipeline import export_checkpoint
+    from qvgen_export.parity.report import run_parity, write_report
+    from qvgen_export.targets import EngineUnavailableError
+    from qvgen_export.targets.trt_engine import build_engine
+    from qvgen_export.targets.trt_plugin import check_config
+
+    try:
+        check_config(qcfg)
+    except NotImplementedError as e:
+        _log(f"[6/6] TensorRT target skipped: {e}")
+        return {"skipped": str(e)}
+    trt_dir = out / f"trt_{qcfg.name}"
+    _log(f"[6/6] TensorRT target: plugin graph {trt_dir.name}/, its engine, and its parity (the graph on ONNX Runtime)")
+    export_checkpoint(ckpt, trt_dir, target="trt", overwrite=True, progress=progress)
+    side = f"ort:{trt_dir}"
+    try:
+        record = build_engine(trt_dir)
+        engine = f"built with TensorRT {record['tensorrt_version']} on {record['gpu']['name']}"
+        side = f"trt:{trt_dir}"
+    except EngineUnavailableError as e:
+        engine = f"not built: {e}"
+    _log(f"      engine {engine}")
+    report = run_parity(loaded, side, pspec, out / "parity_trt_work", progress=progress)
+    write_report(report, out, stem="parity_trt")
+    s = report["summary"]
+    _log(
+        f"      parity {s['test']} vs {s['reference']}: {'PASS' if s['passed'] else 'FAIL'}, "
+        f"{s['layers_passed']}/{s['layers']} layers (worst {s['layer_max_relative_error']:.1e}), "
+        f"cosine deviation {s['cosine_deviation_ratio']:.2f}x the floor, video PSNR {s['video_psnr_db']:.1f} dB"
+    )
+    return {"folder": str(trt_dir), "engine": engine, **s}
 
 
 if __name__ == "__main__":
