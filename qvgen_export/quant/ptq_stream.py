@@ -54,7 +54,14 @@ def quantize_linear_tensors(
     wf = w.detach().float()
     s, z = weight_ranges(wf, config, ranges)
     s, z = s.contiguous(), z.contiguous()
-    codes = QF.weight_codes(wf, s, z, config.weight_qmax).to(torch.uint8)
+    # Codes row chunk by row chunk (elementwise math: the same bits as one call) so the float
+    # temporaries stay ~16 MiB even for Wan 14B's 5120x30720 time projection.
+    n, k = wf.shape
+    codes = torch.empty(n, k, dtype=torch.uint8)
+    rows = max(1, (1 << 22) // max(k, 1))
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        codes[r0:r1] = QF.weight_codes(wf[r0:r1], s[r0:r1], z[r0:r1], config.weight_qmax).to(torch.uint8)
     # QuantLinear's initial clip logits: the same float, the same torch.full.
     logit = math.log(config.act_clip_init / (1.0 - config.act_clip_init))
     out = {
