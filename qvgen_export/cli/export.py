@@ -50,7 +50,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qvgen-export", description=_description(), formatter_class=HelpFormatter)
     p.add_argument("--ckpt", required=True, type=Path, help="quantized checkpoint (.safetensors)")
-    p.add_argument("--target", default="onnx", choices=list(TARGETS), help="export target")
+    p.add_argument("--target", default="onnx", help=f"export target: {', '.join(TARGETS)}")
     p.add_argument("--out", type=Path, help="output folder (default: artifacts/<ckpt stem>_<target>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--no-engine", action="store_true", help="trt: write the plugin graph only, build no engine")
@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry("qvgen-export")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from qvgen_export.export.pipeline import export_checkpoint
+    from qvgen_export.export.pipeline import check_target, export_checkpoint
 
+    check_target(args.target)
     out = args.out or artifacts_dir() / f"{args.ckpt.stem}_{args.target}"
     if not args.quiet:
         print(f"exporting {args.ckpt} -> {out} (target {args.target}) ...", file=sys.stderr)

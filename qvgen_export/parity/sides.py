@@ -26,6 +26,15 @@ class Side:
     folder: Path | None = None
     manifest: Mapping[str, Any] | None = None
 
+    @classmethod
+    def graph(cls, target: str, kind: str = "ort") -> Side:
+        """A side with no folder: layer graphs lowered for ``target`` (per-layer checks only)."""
+        from qvgen_export.export.pipeline import ORT_SESSION_CONFIG
+        from qvgen_export.targets import get_target
+
+        get_target(target)
+        return cls(kind, None, {"target": target, "onnxruntime_session_config": ORT_SESSION_CONFIG})
+
     @property
     def target(self) -> str | None:
         return None if self.manifest is None else str(self.manifest["target"])

@@ -42,12 +42,6 @@ def test_unknown_target(tmp_path, capsys, w4a4_ckpt):
     assert _leftovers(tmp_path) == []
 
 
-def test_trt_target_is_reserved(tmp_path, capsys, w4a4_ckpt):
-    assert export_cli.main(["--ckpt", str(w4a4_ckpt), "--target", "trt", "--out", str(tmp_path / "o")]) == 2
-    _one_line_error(capsys, "target 'trt'")
-    assert _leftovers(tmp_path) == []
-
-
 def test_unwritable_output(tmp_path, capsys, w4a4_ckpt):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")

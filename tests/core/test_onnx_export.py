@@ -87,11 +87,11 @@ def test_scalar_timestep_is_broadcast(w4a4_export):
 
 def test_w3a3_grouped_layers_exact(tmp_path, make_quantized, sample_inputs):
     """3-bit codes in 4-bit containers, per-group weights: layer-level exactness in ORT."""
-    from qvgen_export.export.pipeline import ORT_SESSION_CONFIG
     from qvgen_export.parity.layers import check_layers
+    from qvgen_export.parity.sides import Side
 
     q = make_quantized("w3a3", weight_granularity="per_group", group_size=32)
-    results = check_layers(q, sample_inputs, tmp_path, ORT_SESSION_CONFIG, progress=False)
+    results = check_layers(q, sample_inputs, tmp_path, Side.graph("onnx"), progress=False)
     assert len(results) == 26
     assert all(r.passed and r.polygraphy_passed for r in results), max(r.relative_error for r in results)
 

@@ -74,3 +74,38 @@ def test_generate_writes_videos(tmp_path, float_model, embeds):
     frames = iio.imread(res["videos"][0], index=None)
     assert frames.shape[0] == SHAPE[1]
     assert iio.imread(res["contact_sheet"]).ndim == 3
+
+
+def test_w3a3_export_passes_its_own_code_agreement(tmp_path, make_quantized, embeds):
+    """QDQ graphs carry 3-bit codes in 4-bit containers: codes saturate at 15 in the graph and are
+    clamped after dequantization, so the parity copy must compare them clamped to qmax (7)."""
+    from qvgen_export.checkpoint import save_checkpoint
+    from qvgen_export.export.pipeline import export_checkpoint
+    from qvgen_export.parity.sides import parse_side
+    from qvgen_export.parity.steps import RecordingDenoiser, check_steps
+
+    ckpt = save_checkpoint(make_quantized("w3a3"), tmp_path / "w3a3.safetensors")
+    export_checkpoint(ckpt, tmp_path / "onnx")
+    model, _ = load_quantized_model(ckpt)
+    rec = RecordingDenoiser(model)
+    sample_video(rec, embeds[0], embeds[1], latent_shape=SHAPE, num_steps=1, progress=False)
+    steps = check_steps(model, rec.calls, tmp_path / "work", 2, parse_side(tmp_path / "onnx"))
+    assert min(r.code_agreement for r in steps) >= 0.999, [r.code_agreement for r in steps]
+
+
+def test_parity_of_a_latent_space_model(tmp_path, embeds):
+    """A 16-channel latent model (real Wan's layout) gets its video check on latents, not pixels."""
+    from qvgen_export import QuantConfig
+    from qvgen_export.checkpoint import save_checkpoint
+    from qvgen_export.export.pipeline import export_checkpoint
+    from qvgen_export.models.wan import TINY_WAN_CONFIG, build_wan
+    from qvgen_export.quant.ptq import ptq_quantize
+
+    cfg = {**TINY_WAN_CONFIG, "in_channels": 16, "out_channels": 16, "num_layers": 1, "patch_size": (1, 2, 2)}
+    q = ptq_quantize(build_wan(cfg, seed=0), QuantConfig.preset("w4a4"), progress=False)
+    ckpt = save_checkpoint(q, tmp_path / "latent.safetensors")
+    export_checkpoint(ckpt, tmp_path / "onnx")
+    model, _ = load_quantized_model(ckpt)
+    spec = SamplingSpec(embeds[0][:1], embeds[1][:1], (16, 2, 4, 4), num_steps=1)
+    s = run_parity(model, tmp_path / "onnx", spec, tmp_path / "work", progress=False)["summary"]
+    assert s["video_space"] == "latents" and s["passed"], s
