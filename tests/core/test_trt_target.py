@@ -257,11 +257,12 @@ def test_shape_profiles_from_the_io_contract():
 
 
 def _tensorrt_or_skip():
-    try:
-        from qvgen_export.targets.trt_engine import check_engine_prerequisites
+    from qvgen_export.targets import EngineUnavailableError
+    from qvgen_export.targets.trt_engine import check_engine_prerequisites
 
+    try:
         return check_engine_prerequisites()
-    except Exception as e:  # EngineUnavailableError: TensorRT, a GPU or the plugin library missing
+    except EngineUnavailableError as e:
         pytest.skip(f"needs TensorRT, a CUDA GPU and the plugin library: {e}")
 
 
