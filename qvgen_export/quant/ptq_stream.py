@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from qvgen_export.checkpoint.format import checkpoint_metadata
+from qvgen_export.checkpoint.format import DIGEST_KEY, checkpoint_metadata
 from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig
@@ -146,8 +146,8 @@ def ptq_quantize_folder(
     units: dict[str, list[str]] = {}
     for key in shapes:  # module order; a quantized linear is handled at its weight
         units.setdefault(_unit(key), []).append(key)
-    with atomic_file(out) as tmp:
-        writer = StreamingSafetensorsWriter(tmp, specs, meta)
+    with atomic_file(out, what="the quantized checkpoint") as tmp:
+        writer = StreamingSafetensorsWriter(tmp, specs, meta, digest_key=DIGEST_KEY)
         try:
             for unit_keys in tqdm(list(units.values()), desc="PTQ (streaming)", disable=not progress):
                 for key in unit_keys:
