@@ -15,10 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from qvgen_export.quant.config import QuantConfig
-from qvgen_export.quant.functional import weight_codes, weight_dequant
-from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear, _set_submodule, quantizable_linears
-from qvgen_export.quant.packing import pack_codes, packed_shape, unpack_codes
 from qvgen_export.checkpoint.schema import (
     SchemaError,
     check_layers,
@@ -27,6 +23,10 @@ from qvgen_export.checkpoint.schema import (
     estimate_parameters,
 )
 from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter, tensor_bytes, tensor_digest
+from qvgen_export.quant.config import QuantConfig
+from qvgen_export.quant.functional import weight_codes, weight_dequant
+from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear, _set_submodule, quantizable_linears
+from qvgen_export.quant.packing import pack_codes, packed_shape, unpack_codes
 from qvgen_export.utils.atomic import atomic_file, ensure_writable_dir
 from qvgen_export.utils.lazy_safetensors import TORCH_TO_ST, LazySafetensors, UnreadableFile
 from qvgen_export.utils.meta_init import assign_tensor, meta_tensor_names, params_on_meta
@@ -443,7 +443,7 @@ def build_model(info: CheckpointInfo, tensors: Mapping[str, torch.Tensor]) -> Qu
     cfg = info.quant_config
     try:
         transformer = wan_skeleton(info.model_config)
-    except Exception as e:  # diffusers' constructor: any failure means the config builds no model
+    except Exception as e:  # noqa: BLE001 (diffusers' constructor: any failure means the config builds no model)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(p, f"model_config does not build a {info.model_class}: {msg}") from None
     names = [e["name"] for e in info.layers]

@@ -3,8 +3,8 @@ import struct
 
 import pytest
 import torch
-from safetensors import safe_open
 from ckpt_tools import rewrite
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from qvgen_export.checkpoint import CheckpointError, load_quantized_model, read_info, save_checkpoint
