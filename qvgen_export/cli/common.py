@@ -6,6 +6,7 @@ import argparse
 import functools
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,21 @@ from qvgen_export.targets.registry import EngineUnavailableError
 EXIT_BAD_INPUT = 2
 # The folder was written but a stage needing hardware this machine lacks (a TensorRT engine) was not.
 EXIT_ENGINE_UNAVAILABLE = 3
+# A bug (an exception no check anticipated): one line, the traceback only with --debug/QVGEN_DEBUG=1.
+EXIT_INTERNAL_ERROR = 4
 EXIT_INTERRUPTED = 130
+EXIT_CODES_HELP = (
+    "exit codes: 0 done, 2 bad input or unusable output (one line names the file and the problem; "
+    "disk full included), 3 folder written but no TensorRT engine built, 4 internal error (a bug: "
+    "rerun with --debug or QVGEN_DEBUG=1 for the traceback), 130 interrupted"
+)
 
-# Errors a user can cause (bad file, bad flag, unwritable folder, missing extra): one line, no
-# traceback. Anything else is a bug and keeps its traceback.
+# Errors a user can cause (bad file, bad flag, unwritable or full output folder, missing extra):
+# one line, no traceback. OSError covers unreadable inputs and a full disk (DiskFullError names
+# the path and what was being written). Anything else is a bug: exit 4.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
-    FileNotFoundError,
-    FileExistsError,
-    PermissionError,
-    NotADirectoryError,
-    IsADirectoryError,
+    OSError,
     NotImplementedError,
     ImportError,
 )
@@ -40,21 +45,62 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def _os_error_line(e: OSError) -> str:
+    """``path: reason`` for an OSError (its str() lacks the path when only ``filename`` has it)."""
+    from qvgen_export.utils.atomic import DISK_FULL_ERRNOS, DiskFullError
+
+    if isinstance(e, DiskFullError) or not e.filename:
+        line = _first_line(e)
+    else:
+        line = f"{e.filename}: {e.strerror or _first_line(e)}"
+    if e.errno in DISK_FULL_ERRNOS and not isinstance(e, DiskFullError):
+        line = f"disk full: {line}"
+    return line
+
+
+def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` (removed from ``argv``, so no parser needs to know it) or ``QVGEN_DEBUG=1``."""
+    env = os.environ.get("QVGEN_DEBUG", "").strip().lower() in ("1", "true", "yes", "on")
+    return env or "--debug" in argv, [a for a in argv if a != "--debug"]
+
+
+def run_guarded(prog: str, fn: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """Call ``fn(argv)`` inside the error boundary every console script shares (exit codes above)."""
+    debug, args = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return fn(args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except EngineUnavailableError as e:
+        print(f"{prog}: engine not built: {_first_line(e)}", file=sys.stderr)
+        return EXIT_ENGINE_UNAVAILABLE
+    except USER_ERRORS as e:
+        if debug:
+            traceback.print_exc()
+        line = _os_error_line(e) if isinstance(e, OSError) else _first_line(e)
+        print(f"{prog}: error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SystemExit:
+        raise  # argparse's own exits (--help: 0, a bad flag: 2) keep their codes
+    except Exception as e:  # noqa: BLE001 (the boundary: every other exception is a bug, reported in one line)
+        if debug:
+            traceback.print_exc()
+            print(f"{prog}: internal error: {type(e).__name__}: {_first_line(e)}", file=sys.stderr)
+        else:
+            print(
+                f"{prog}: internal error: {type(e).__name__}: {_first_line(e)} "
+                "(a bug; rerun with --debug or QVGEN_DEBUG=1 for the traceback)",
+                file=sys.stderr,
+            )
+        return EXIT_INTERNAL_ERROR
+
+
 def cli_entry(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable[[list[str] | None], int]]:
     def wrap(fn: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
         @functools.wraps(fn)
         def main(argv: list[str] | None = None) -> int:
-            try:
-                return fn(argv)
-            except KeyboardInterrupt:
-                print(f"{prog}: interrupted", file=sys.stderr)
-                return EXIT_INTERRUPTED
-            except EngineUnavailableError as e:
-                print(f"{prog}: engine not built: {_first_line(e)}", file=sys.stderr)
-                return EXIT_ENGINE_UNAVAILABLE
-            except USER_ERRORS as e:
-                print(f"{prog}: error: {_first_line(e)}", file=sys.stderr)
-                return EXIT_BAD_INPUT
+            return run_guarded(prog, fn, argv)
 
         return main
 

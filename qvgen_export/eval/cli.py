@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,24 +93,42 @@ def _build(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qvgen_export.cli.common import run_guarded
+
+    return run_guarded("qvgen-eval", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    from qvgen_export.utils.atomic import check_writable_folder, disk_full_names
+
     args = _parse_args(argv)
+    # Sampling every model takes minutes: an output folder that cannot be written fails now.
+    out = check_writable_folder(args.out)
     try:
         models, te, shape, settings = _build(args)
-    except (ValueError, FileNotFoundError, TypeError) as e:
-        print(f"qvgen-eval: error: {e}", file=sys.stderr)
-        return 2
+    except TypeError as e:  # e.g. a teacher file whose metadata has the wrong types
+        raise ValueError(str(e)) from None
 
-    from qvgen_export.eval.harness import compare_models, error_plot_series, json_report, markdown_table
+    from qvgen_export.eval.harness import compare_models
+
+    report = compare_models(models, te.encode, shape, settings, progress=not args.no_progress)
+    with disk_full_names(out, "the evaluation report"):
+        _write_outputs(out, report, args, len(models))
+    print(report["_md"])
+    print(f"wrote {out}/report.json, report.md" + (", error_vs_timestep.png" if len(models) > 1 else ""))
+    return 0
+
+
+def _write_outputs(out: Path, report: dict[str, Any], args: argparse.Namespace, n_models: int) -> None:
+    from qvgen_export.eval.harness import error_plot_series, json_report, markdown_table
     from qvgen_export.eval.plot import plot_error_vs_timestep
     from qvgen_export.eval.visual import contact_sheet, save_gif
 
-    report = compare_models(models, te.encode, shape, settings, progress=not args.no_progress)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(json_report(report), indent=2) + "\n")
     md = markdown_table(report)
+    report["_md"] = md
     (out / "report.md").write_text(md)
-    if len(models) > 1:
+    if n_models > 1:
         plot_error_vs_timestep(
             {
                 "teacher-forced": error_plot_series(report, "teacher_forced"),
@@ -124,9 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.gifs:
             for i, v in enumerate(vids):
                 save_gif(v, out / "gifs" / f"{name}_{i:02d}.gif")
-    print(md)
-    print(f"wrote {out}/report.json, report.md" + (", error_vs_timestep.png" if len(models) > 1 else ""))
-    return 0
 
 
 if __name__ == "__main__":

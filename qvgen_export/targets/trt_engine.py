@@ -156,19 +156,39 @@ def build_engine(
 
 
 def read_engine_record(folder: str | Path) -> dict[str, Any]:
-    """``engine.json`` with the engine's hash checked; ``ValueError`` naming the file otherwise."""
+    """``engine.json`` with the engine's hash checked; ``ValueError`` naming the file otherwise.
+
+    The record must name a plain file in the folder, carry its SHA-256, and have been built from
+    the model file the folder's manifest lists (``source_model_sha256``): an engine copied next
+    to another export is refused.
+    """
     folder = Path(folder)
     path = folder / ENGINE_MANIFEST
     if not path.is_file():
         raise ValueError(f"{folder}: no TensorRT engine ({ENGINE_MANIFEST} missing); build one with qvgen-build-engine")
     try:
         record = json.loads(path.read_text())
-        engine = folder / record["engine_file"]
-        expected = record["engine_sha256"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a valid engine record ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid engine record ({type(e).__name__})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a valid engine record (a JSON {type(record).__name__}, expected an object)")  # noqa: TRY004 (bad file content, not a caller bug)
+    if record.get("format", ENGINE_FORMAT) != ENGINE_FORMAT:
+        raise ValueError(f"{path}: not a qvgen-export engine record (format {record.get('format')!r})")
+    name, expected = record.get("engine_file"), record.get("engine_sha256")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"{path}: 'engine_file' must name a file in the folder, got {name!r}")
+    if not isinstance(expected, str) or len(expected) != 64:
+        raise ValueError(f"{path}: 'engine_sha256' is missing or not a SHA-256 (cannot check the engine)")
+    engine = folder / name
     if not engine.is_file() or sha256_file(engine) != expected:
         raise ValueError(f"{engine}: missing or does not match {ENGINE_MANIFEST} (file changed or corrupted)")
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        source = manifest["files"][manifest["model_file"]]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        source = None  # the folder's own check (verify_manifest) names that problem
+    if source is not None and record.get("source_model_sha256") != source:
+        raise ValueError(f"{path}: engine was built from another model file (source_model_sha256 differs); rebuild it")
     return record
 
 

@@ -41,7 +41,7 @@ def test_print_config(capsys):
 def test_bad_input_is_one_line(capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and message in err and "\n" not in err
+    assert err.startswith("qvgen-train: error:") and message in err and "\n" not in err
 
 
 def test_bad_toml(tmp_path, capsys):

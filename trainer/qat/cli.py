@@ -5,7 +5,8 @@
     torchrun --nproc_per_node 2 -m trainer.qat.cli --config cfg.toml
 
 Re-running the same command on an existing ``--out-dir`` resumes from its last training state.
-Bad input prints one ``error:`` line and exits with status 2.
+Bad input prints one ``qvgen-train: error:`` line and exits with status 2; an internal error exits
+with 4 (traceback with ``--debug`` or ``QVGEN_DEBUG=1``); see ``qvgen_export.cli.common``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from typing import Any
 
 from trainer.qat.config import Method, TrainConfig
@@ -54,21 +54,26 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, argpar
 
 
 def main(argv: list[str] | None = None) -> int:
+    from qvgen_export.cli.common import run_guarded
+
+    return run_guarded("qvgen-train", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    from qvgen_export.utils.atomic import check_writable_folder
+
     try:
         cfg, args = config_from_args(argv)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except TypeError as e:  # a TOML value of the wrong type is bad input, not a bug
+        raise ValueError(str(e)) from None
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    # Before the teacher is loaded or a step runs: a run that cannot save is refused now.
+    check_writable_folder(cfg.out_dir)
     from trainer.qat.loop import train
 
-    try:
-        result = train(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = train(cfg)
     import os
 
     if result.history and os.environ.get("RANK", "0") == "0":

@@ -4,9 +4,16 @@ A state is a folder ``<out_dir>/states/step-0000123/`` (``123`` = the next step 
 
 - ``tensors.safetensors``: ``model/<name>`` for every parameter and buffer of the student
   (Phi included while it exists), ``optim/<name>/<key>`` for every optimizer state tensor
-  (AdamW ``step``, ``exp_avg``, ``exp_avg_sq``) keyed by parameter *name*, ``rng/torch``;
+  (AdamW ``step``, ``exp_avg``, ``exp_avg_sq``) keyed by parameter *name*, ``rng/torch`` (and
+  ``rng/cuda/<i>`` per visible GPU), ``rng/numpy`` and ``rng/python`` (the global generators,
+  serialised to bytes), every tensor with its SHA-256 in the file's metadata (``tensor_sha256``,
+  the checkpoint format's digest);
 - ``state.json``: the next step, the run config, the optimizer's param groups (hyperparameters and
   parameter names), the Phi rank, and the metrics of the last step.
+
+Reading refuses, in one line naming the file, a state whose tensors file is missing, truncated,
+empty or tampered (digest mismatch), whose ``state.json`` is not an object with an integer
+``next_step`` and a ``param_groups`` list, or whose parameters or optimizer moments hold NaN/Inf.
 
 The folder is written under a temporary name and renamed (``atomic_dir``), then ``latest`` is
 replaced atomically; a run killed at any moment leaves the previous complete state, never a torn one.
@@ -15,14 +22,68 @@ replaced atomically; a run killed at any moment leaves the previous complete sta
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from qvgen_export.utils.atomic import atomic_dir, atomic_file
+from qvgen_export.checkpoint.format import DIGEST_KEY
+from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter, tensor_bytes, tensor_digest
+from qvgen_export.utils.atomic import atomic_dir, atomic_file, clean_stale
+from qvgen_export.utils.lazy_safetensors import TORCH_TO_ST, LazySafetensors, UnreadableFile
+
+STATE_FORMAT = "qvgen-qat-state"
+
+
+class StateError(ValueError):
+    """A training state that cannot be resumed; one line naming the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+
+
+def _bytes_tensor(b: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(b), dtype=torch.uint8).clone() if b else torch.zeros(0, dtype=torch.uint8)
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    """Every global generator a step may draw from, as uint8 tensors (bit-exact round trip).
+
+    numpy's and Python's states are plain tuples of ints and strings; they are stored as JSON
+    bytes (never unpickled from the file)."""
+    out = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, st in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng/cuda/{i}"] = st
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    np_doc = {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": gauss}
+    out["rng/numpy"] = _bytes_tensor(json.dumps(np_doc).encode())
+    version, internal, py_gauss = random.getstate()
+    out["rng/python"] = _bytes_tensor(json.dumps([version, list(internal), py_gauss]).encode())
+    return out
+
+
+def set_rng_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        torch.set_rng_state(tensors["rng/torch"])
+        if torch.cuda.is_available():
+            states = [tensors[k] for k in sorted(tensors) if k.startswith("rng/cuda/")]
+            if states:
+                torch.cuda.set_rng_state_all(states)
+        if "rng/numpy" in tensors:
+            d = json.loads(bytes(tensors["rng/numpy"].numpy()).decode())
+            np.random.set_state((d["name"], np.array(d["keys"], dtype=np.uint32), d["pos"], d["has_gauss"], d["gauss"]))
+        if "rng/python" in tensors:
+            version, internal, gauss = json.loads(bytes(tensors["rng/python"].numpy()).decode())
+            random.setstate((version, tuple(internal), gauss))
+    except (KeyError, RuntimeError, ValueError, TypeError, UnicodeDecodeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise StateError(path, f"random generator state cannot be restored ({msg})") from None
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -43,7 +104,7 @@ def state_tensors(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[s
             if not isinstance(v, torch.Tensor):
                 raise TypeError(f"optimizer state {name}.{key} is not a tensor ({type(v).__name__})")
             out[f"optim/{name}/{key}"] = _full(v).detach().cpu().contiguous()
-    out["rng/torch"] = torch.get_rng_state()
+    out.update(rng_tensors())
     return out
 
 
@@ -58,8 +119,6 @@ def save_state(
 ) -> Path | None:
     """Write the state reached after ``next_step`` steps. ``write=False`` (non-zero ranks) still takes
     part in the FSDP gathers but writes nothing."""
-    from safetensors.torch import save_file
-
     tensors = state_tensors(module, optimizer)
     if not write:
         return None
@@ -68,14 +127,22 @@ def save_state(
     for g in optimizer.param_groups:
         hp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items() if k != "params"}
         groups.append({"params": [names[id(p)] for p in g["params"]], **hp})
-    meta = {"next_step": next_step, "param_groups": groups, **info}
+    meta = {"format": STATE_FORMAT, "next_step": next_step, "param_groups": groups, **info}
     root = Path(out_dir) / "states"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{next_step:07d}"
-    with atomic_dir(final, overwrite=True) as tmp:
-        save_file(tensors, str(tmp / "tensors.safetensors"))
+    with atomic_dir(final, overwrite=True, what="the training state") as tmp:
+        specs = {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
+        writer = StreamingSafetensorsWriter(tmp / "tensors.safetensors", specs, {"format": STATE_FORMAT}, DIGEST_KEY)
+        try:
+            for k, t in tensors.items():
+                writer.write(k, t)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
         (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    with atomic_file(root / "latest") as tmp:
+    with atomic_file(root / "latest", what="the training state pointer") as tmp:
         tmp.write_text(final.name + "\n")
     old = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
     for p in old[:-keep]:
@@ -86,6 +153,7 @@ def save_state(
 def latest_state(out_dir: str | Path) -> Path | None:
     """The newest complete state folder of a run, or None."""
     root = Path(out_dir) / "states"
+    clean_stale(root)  # temp folders of a save that was killed (their process is gone)
     ptr = root / "latest"
     if ptr.is_file():
         p = root / ptr.read_text().strip()
@@ -98,10 +166,54 @@ def latest_state(out_dir: str | Path) -> Path | None:
 
 
 def read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    meta = json.loads((path / "state.json").read_text())
-    return meta, load_file(str(path / "tensors.safetensors"))
+    """``(state.json, tensors)`` of a state folder, every tensor checked against its digest and
+    parameters/moments checked finite; :class:`StateError` (one line) otherwise."""
+    path = Path(path)
+    jpath, tpath = path / "state.json", path / "tensors.safetensors"
+    try:
+        meta = json.loads(jpath.read_text())
+    except FileNotFoundError:
+        raise StateError(jpath, "missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StateError(jpath, f"not valid JSON ({type(e).__name__})") from None
+    if not isinstance(meta, dict):
+        raise StateError(jpath, "not a training state (expected a JSON object)")
+    nxt = meta.get("next_step")
+    if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt < 0:
+        raise StateError(jpath, f"'next_step' must be a non-negative integer, got {nxt!r}")
+    if not isinstance(meta.get("param_groups"), list) or not all(isinstance(g, dict) for g in meta["param_groups"]):
+        raise StateError(jpath, "'param_groups' must be a list of objects")
+    if not isinstance(meta.get("config", {}), dict):
+        raise StateError(jpath, "'config' must be an object")
+    if not tpath.is_file():
+        raise StateError(tpath, "missing")
+    try:
+        lazy = LazySafetensors(tpath)
+    except UnreadableFile as e:
+        raise StateError(tpath, f"not a readable safetensors file ({e.reason})") from None
+    try:
+        digests = json.loads(lazy.metadata.get(DIGEST_KEY, "null"))
+    except json.JSONDecodeError:
+        digests = None
+    if not isinstance(digests, dict) or set(digests) != set(lazy.keys()):
+        raise StateError(tpath, f"no valid '{DIGEST_KEY}' table (content hashes of every tensor)")
+    if "rng/torch" not in digests:
+        raise StateError(tpath, "tensor 'rng/torch' is missing")
+    tensors: dict[str, torch.Tensor] = {}
+    for key in lazy:
+        try:
+            t = lazy.get(key)
+        except UnreadableFile as e:
+            raise StateError(tpath, f"not a readable safetensors file ({e.reason})") from None
+        if tensor_digest(TORCH_TO_ST.get(t.dtype, str(t.dtype)), tuple(t.shape), tensor_bytes(t)) != digests[key]:
+            raise StateError(tpath, f"tensor '{key}' does not match its SHA-256 (file changed or corrupted)")
+        if key.startswith(("model/", "optim/")) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise StateError(
+                tpath, f"tensor '{key}' contains NaN or Inf (a diverged run; resume from an earlier state)"
+            )
+        tensors[key] = t
+    meta["_path"] = str(path)  # in memory only: lets load_state name the folder in its errors
+    return meta, tensors
 
 
 def _set(dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -116,18 +228,22 @@ def load_state(
     module: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> None:
     """Restore parameters, buffers, optimizer state (by parameter name) and the torch RNG."""
+    where = meta.get("_path", "training state")
     sd = module.state_dict()
     model_keys = {k[len("model/") :] for k in tensors if k.startswith("model/")}
     if model_keys != set(sd):
         missing, unknown = sorted(set(sd) - model_keys), sorted(model_keys - set(sd))
-        raise ValueError(f"training state does not match the model (missing {missing[:3]}, unknown {unknown[:3]})")
+        raise StateError(where, f"does not match the model (missing {missing[:3]}, unknown {unknown[:3]})")
     with torch.no_grad():
         for k, v in sd.items():
-            _set(v, tensors[f"model/{k}"].to(v.device))
+            src = tensors[f"model/{k}"]
+            if tuple(src.shape) != tuple(v.shape):
+                raise StateError(where, f"tensor 'model/{k}' has shape {tuple(src.shape)}, the model {tuple(v.shape)}")
+            _set(v, src.to(v.device))
     params = dict(module.named_parameters())
     saved_groups = meta["param_groups"]
     if len(saved_groups) != len(optimizer.param_groups):
-        raise ValueError("training state has a different number of optimizer parameter groups")
+        raise StateError(where, "has a different number of optimizer parameter groups")
     for g, sg in zip(optimizer.param_groups, saved_groups):
         for k, v in sg.items():
             if k != "params":
@@ -139,6 +255,8 @@ def load_state(
             name, key = k[len("optim/") :].rsplit("/", 1)
             per_param.setdefault(name, {})[key] = v
     for name, st in per_param.items():
+        if name not in params:
+            raise StateError(where, f"optimizer state for unknown parameter '{name}'")
         p = params[name]
         restored = {}
         for key, v in st.items():
@@ -149,4 +267,4 @@ def load_state(
                 _set(like, v.to(like.device))
                 restored[key] = like
         optimizer.state[p] = restored
-    torch.set_rng_state(tensors["rng/torch"])
+    set_rng_tensors(tensors, Path(meta.get("_path", "training state")))
