@@ -116,8 +116,15 @@ def bench_shape(m: int, k: int, n: int, warmup: int, iters: int, device: str = "
     qx, xs, xz, xsum = ops.act_quant(x, clip, clip, 4, m)
     r["act_quant_ms"] = _time_ms(lambda: ops.act_quant(x, clip, clip, 4, m), warmup, iters, device)
     # auto = the path the library picks for this GPU; the others are measured for comparison
-    # (on sm_90 mma_u4 is the emulated 4-bit MMA, imma_u8 the unpack-to-INT8 path).
-    for p in ["auto", "mma_u4", "imma_u8"] if device == "cuda" else ["auto"]:
+    # (on sm_90 mma_u4 is the emulated 4-bit MMA, imma_u8 the unpack-to-INT8 path, wgmma_u8 the
+    # CUTLASS sm_90a path from packed operands, i.e. with both unpacks per call).
+    from qvgen_export.native import _lib
+
+    wgmma = device == "cuda" and bool(_lib.cuda_library().qvgen_cuda_has_wgmma()) and (
+        torch.cuda.get_device_capability(dev) == (9, 0)
+    )
+    paths = ["auto", "mma_u4", "imma_u8"] + (["wgmma_u8"] if wgmma else []) if device == "cuda" else ["auto"]
+    for p in paths:
         ms = _time_ms(
             lambda p=p: ops.gemm(
                 qx, xs, xz, xsum, packed, ws, wz, w_sum, bias, k, torch.bfloat16, path=p if device == "cuda" else None
@@ -129,7 +136,32 @@ def bench_shape(m: int, k: int, n: int, warmup: int, iters: int, device: str = "
         r[f"gemm_{p}_ms"] = ms
         r[f"gemm_{p}_tops"] = tops(ms)
     if device == "cuda":
-        r["gemm_auto_path"] = {1: "mma_u4", 2: "imma_u8", 3: "simt"}[ops.cuda_gemm_path(dev)]
+        r["gemm_auto_path"] = _lib.PATH_NAMES[ops.cuda_gemm_path(dev)]
+    if wgmma:
+        # The Hopper deployment: weights unpacked to one byte per code once at load, activations
+        # quantized straight to bytes, the CUTLASS GEMM with the epilogue tree (bf16 out).
+        qw8 = ops.unpack_u8(packed, k)
+        a8 = ops.act_quant_u8(x, clip, clip, 4, m)
+        r["act_quant_u8_ms"] = _time_ms(lambda: ops.act_quant_u8(x, clip, clip, 4, m), warmup, iters, device)
+        r["gemm_u8_ms"] = _time_ms(
+            lambda: ops.gemm_u8(*a8, qw8, ws, wz, w_sum, bias, k, torch.bfloat16), warmup, iters, device
+        )
+        r["gemm_u8_tops"] = tops(r["gemm_u8_ms"])
+
+        def hopper_total() -> Any:
+            q = ops.act_quant_u8(x, clip, clip, 4, m)
+            return ops.gemm_u8(*q, qw8, ws, wz, w_sum, bias, k, torch.bfloat16)
+
+        r["w4a4_hopper_total_ms"] = _time_ms(hopper_total, warmup, iters, device)
+        r["w4a4_hopper_total_tops"] = tops(r["w4a4_hopper_total_ms"])
+        # Bit-exactness of the wgmma path against the packed mma.sync path at full size.
+        y_w = ops.gemm_u8(*a8, qw8, ws, wz, w_sum, bias, k, torch.bfloat16)
+        y_i = ops.gemm(qx, xs, xz, xsum, packed, ws, wz, w_sum, bias, k, torch.bfloat16, path="imma_u8")
+        r["wgmma_equals_imma_bits"] = bool(torch.equal(y_w, y_i))
+        r["act_quant_u8_equals_packed"] = bool(
+            torch.equal(a8[1], xs) and torch.equal(a8[2], xz) and torch.equal(a8[3], xsum)
+        )
+        del qw8, a8, y_w, y_i
     x3 = x.reshape(1, m, k)
     r["w4a4_total_ms"] = _time_ms(
         lambda: torch.ops.qvgen.w4a4_linear(x3, clip, clip, packed, ws, wz, w_sum, bias, k, 4), warmup, iters, device
@@ -147,6 +179,8 @@ def bench_shape(m: int, k: int, n: int, warmup: int, iters: int, device: str = "
     except RuntimeError as e:  # shape/arch constraints of _int_mm
         r["int8_int_mm_error"] = str(e).splitlines()[0]
     r["speedup_total_vs_bf16"] = r["bf16_cublas_ms"] / r["w4a4_total_ms"]
+    if "w4a4_hopper_total_ms" in r:
+        r["speedup_hopper_total_vs_bf16"] = r["bf16_cublas_ms"] / r["w4a4_hopper_total_ms"]
 
     int4_bytes = n * ((k + 1) // 2) + n * 12  # codes + scale, zero point, code sum (fp32/fp32/int32)
     r["weight_bytes_int4"] = int4_bytes
@@ -240,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end transformer forward")
+    ap.add_argument("--compact", action="store_true", help="print the JSON on one line")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default artifacts/bench_gemm-<gpu>.json)")
     args = ap.parse_args(argv)
 
@@ -279,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_e2e:
         result["end_to_end"] = bench_e2e(warmup=1, iters=3)
 
-    text = json.dumps(result, indent=2)
+    text = json.dumps(result, indent=None if args.compact else 2)
     print(text)
     out = args.out
     if out is None:

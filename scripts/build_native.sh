@@ -7,6 +7,9 @@
 #   QVGEN_BUILD_DIR          build folder (default: <repo>/build/native)
 #   QVGEN_CUDA_ARCHITECTURES e.g. "90" to build for one architecture only (default "80;86;89;90")
 #   QVGEN_BUILD_CUDA         ON/OFF (default ON)
+#   QVGEN_WITH_CUTLASS       ON/OFF (default OFF): also build the CUTLASS sm_90a wgmma path (needs
+#                            `pip install nvidia-cutlass` or QVGEN_CUTLASS_DIR; ~3 more minutes on 2 cores)
+#   QVGEN_CUTLASS_DIR        CUTLASS include folder (default: the nvidia-cutlass pip package)
 #   QVGEN_BUILD_JOBS         parallel jobs (default: number of CPUs)
 set -euo pipefail
 
@@ -30,6 +33,12 @@ if [ -n "${QVGEN_CUDA_ARCHITECTURES:-}" ]; then
 fi
 if [ -n "${QVGEN_BUILD_CUDA:-}" ]; then
   args+=("-DQVGEN_BUILD_CUDA=${QVGEN_BUILD_CUDA}")
+fi
+
+# Always passed, so that an existing build folder follows the environment (default OFF).
+args+=("-DQVGEN_WITH_CUTLASS=${QVGEN_WITH_CUTLASS:-OFF}")
+if [ -n "${QVGEN_CUTLASS_DIR:-}" ]; then
+  args+=("-DQVGEN_CUTLASS_DIR=${QVGEN_CUTLASS_DIR}")
 fi
 
 cmake "${args[@]}"

@@ -13,13 +13,20 @@ import functools
 import os
 from pathlib import Path
 
-ABI_VERSION = 1  # QVGEN_W4A4_ABI_VERSION in plugins/kernels/include/qvgen/w4a4_types.h
+ABI_VERSION = 2  # QVGEN_W4A4_ABI_VERSION in plugins/kernels/include/qvgen/w4a4_types.h
+MAX_K = 74565  # QVGEN_MAX_K: |I| <= 225 K must convert to float32 exactly (<= 2^24)
 
 # qvgen_dtype
 DTYPE_F32, DTYPE_F16, DTYPE_BF16, DTYPE_I32 = 0, 1, 2, 3
 # qvgen_gemm_path
-PATH_AUTO, PATH_MMA_U4, PATH_IMMA_U8, PATH_SIMT = 0, 1, 2, 3
-PATH_NAMES = {PATH_AUTO: "auto", PATH_MMA_U4: "mma_u4", PATH_IMMA_U8: "imma_u8", PATH_SIMT: "simt"}
+PATH_AUTO, PATH_MMA_U4, PATH_IMMA_U8, PATH_SIMT, PATH_WGMMA_U8 = 0, 1, 2, 3, 4
+PATH_NAMES = {
+    PATH_AUTO: "auto",
+    PATH_MMA_U4: "mma_u4",
+    PATH_IMMA_U8: "imma_u8",
+    PATH_SIMT: "simt",
+    PATH_WGMMA_U8: "wgmma_u8",
+}
 # qvgen_status
 STATUS_NAMES = {0: "OK", 1: "INVALID_ARGUMENT", 2: "UNSUPPORTED", 3: "CUDA_ERROR", 4: "INTERNAL"}
 
@@ -92,6 +99,11 @@ def _declare(lib: ctypes.CDLL, prefix: str, cuda: bool) -> None:
     if cuda:
         fn("resolve_path", _INT, ctypes.POINTER(_INT))
         fn("selftest", _INT, _P, ctypes.POINTER(_I64))
+        # ABI 2: byte containers and the CUTLASS wgmma path (Hopper)
+        fn("act_quant_u8", _P, _INT, _I64, _I64, _I64, _P, _P, _I64, _INT, _P, _I64, _P, _P, _P, _P)
+        fn("unpack_u8", _P, _I64, _I64, _I64, _P, _I64, _P)
+        fn("gemm_u8", _P, _I64, _P, _P, _P, _P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _P, _INT, _I64, _P)
+        fn("has_wgmma")
     else:
         for conv in ("float_to_half", "float_to_bf16"):
             f = getattr(lib, f"{prefix}_{conv}")

@@ -27,7 +27,7 @@ from qvgen_export.quant.packing import kernel_row_bytes, to_kernel_layout
 
 _X_DTYPES = {torch.float32: DTYPE_F32, torch.float16: DTYPE_F16, torch.bfloat16: DTYPE_BF16}
 _Y_DTYPES = {**_X_DTYPES, torch.int32: DTYPE_I32}
-_PATHS = {"auto": _lib.PATH_AUTO, "mma_u4": _lib.PATH_MMA_U4, "imma_u8": _lib.PATH_IMMA_U8, "simt": _lib.PATH_SIMT}
+_PATHS = {name: code for code, name in _lib.PATH_NAMES.items()}
 
 
 # The kernel layout is owned by quant/packing.py; these names stay for the binding's callers.
@@ -60,7 +60,7 @@ _cuda_paths: dict[int, int] = {}
 
 
 def cuda_gemm_path(device: torch.device) -> int:
-    """The GEMM path used on ``device``: ``$QVGEN_GEMM_PATH`` (auto, mma_u4, imma_u8, simt), default auto.
+    """The GEMM path used on ``device``: ``$QVGEN_GEMM_PATH`` (auto, mma_u4, imma_u8, simt, wgmma_u8), default auto.
 
     ``auto`` runs the library's on-device self-test once per device (tensor-core path versus the
     plain SIMT kernel on awkward shapes); should it ever mismatch, the SIMT kernel is used
@@ -250,6 +250,92 @@ def gemm(
             _lib.check(lib, "qvgen_cuda", "gemm", lib.qvgen_cuda_gemm(*args, p, _stream(dev)))
     else:
         raise ValueError(f"unsupported device {dev}")
+    return y
+
+
+def byte_row_bytes(k: int) -> int:
+    """Row stride of the one-code-per-byte layout (Hopper wgmma path): ``K`` rounded up to 16."""
+    return (k + 15) // 16 * 16
+
+
+def act_quant_u8(
+    x: torch.Tensor, clip_lo: torch.Tensor, clip_hi: torch.Tensor, bits: int, tokens_per_sample: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`act_quant` writing one code per byte (``qx8 [M, byte_row_bytes(K)]``), CUDA only.
+
+    Same codes, scales, zero points and sums as :func:`act_quant`, bit for bit.
+    """
+    if x.device.type != "cuda":
+        raise ValueError("act_quant_u8 is CUDA only (the CPU reference packs nibbles: use act_quant)")
+    if x.dim() != 2 or x.dtype not in _X_DTYPES:
+        raise ValueError(f"x must be a 2-D float32/float16/bfloat16 tensor, got {x.dtype} {tuple(x.shape)}")
+    if x.stride(1) != 1 or (x.shape[0] > 1 and x.stride(0) < x.shape[1]):
+        x = x.contiguous()
+    m, k = x.shape
+    b = clip_lo.numel()
+    if tokens_per_sample is None:
+        tokens_per_sample = max(m // max(b, 1), 1)
+    _require(clip_lo, "clip_lo", torch.float32, (b,), x.device)
+    _require(clip_hi, "clip_hi", torch.float32, (b,), x.device)
+    ld8 = byte_row_bytes(k)
+    dev = x.device
+    qx8 = torch.empty(m, ld8, dtype=torch.uint8, device=dev)
+    scale = torch.empty(m, dtype=torch.float32, device=dev)
+    zero = torch.empty(m, dtype=torch.int32, device=dev)
+    code_sum = torch.empty(m, dtype=torch.int32, device=dev)
+    lib = _lib.cuda_library()
+    with torch.cuda.device(dev):
+        status = lib.qvgen_cuda_act_quant_u8(
+            x.data_ptr(), _X_DTYPES[x.dtype], m, k, x.stride(0) if m > 1 else k, clip_lo.data_ptr(),
+            clip_hi.data_ptr(), tokens_per_sample, bits, qx8.data_ptr(), ld8, scale.data_ptr(), zero.data_ptr(),
+            code_sum.data_ptr(), _stream(dev),
+        )  # fmt: skip
+        _lib.check(lib, "qvgen_cuda", "act_quant_u8", status)
+    return qx8, scale, zero, code_sum
+
+
+def unpack_u8(q: torch.Tensor, k: int) -> torch.Tensor:
+    """Packed codes ``[rows, ld]`` -> one code per byte ``[rows, byte_row_bytes(k)]`` (CUDA only).
+
+    Run once per weight at load time for the Hopper wgmma path: twice the packed bytes.
+    """
+    if q.device.type != "cuda" or q.dtype != torch.uint8 or q.dim() != 2 or not q.is_contiguous():
+        raise ValueError("q must be a contiguous 2-D uint8 CUDA tensor")
+    ld8 = byte_row_bytes(k)
+    out = torch.empty(q.shape[0], ld8, dtype=torch.uint8, device=q.device)
+    lib = _lib.cuda_library()
+    with torch.cuda.device(q.device):
+        status = lib.qvgen_cuda_unpack_u8(q.data_ptr(), q.shape[1], q.shape[0], k, out.data_ptr(), ld8, _stream(q.device))
+        _lib.check(lib, "qvgen_cuda", "unpack_u8", status)
+    return out
+
+
+def gemm_u8(
+    qx8: torch.Tensor,
+    x_scale: torch.Tensor | None,
+    x_zero: torch.Tensor | None,
+    x_sum: torch.Tensor | None,
+    qw8: torch.Tensor,
+    w_scale: torch.Tensor | None,
+    w_zero: torch.Tensor | None,
+    w_sum: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    k: int,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """:func:`gemm` over byte codes on the CUTLASS wgmma path (sm_90 build with CUTLASS only)."""
+    dev = qx8.device
+    m, n = qx8.shape[0], qw8.shape[0]
+    y = torch.empty(m, n, dtype=out_dtype, device=dev)
+    raw = out_dtype == torch.int32
+    lib = _lib.cuda_library()
+    with torch.cuda.device(dev):
+        status = lib.qvgen_cuda_gemm_u8(
+            qx8.data_ptr(), qx8.shape[1], _ptr(x_scale), _ptr(x_zero), _ptr(x_sum), qw8.data_ptr(), qw8.shape[1],
+            _ptr(w_scale), _ptr(w_zero), _ptr(w_sum), None if raw else _ptr(bias), m, n, k, y.data_ptr(),
+            _Y_DTYPES[out_dtype], n, _stream(dev),
+        )  # fmt: skip
+        _lib.check(lib, "qvgen_cuda", "gemm_u8", status)
     return y
 
 

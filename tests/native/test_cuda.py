@@ -135,3 +135,54 @@ def test_int4_linear_cuda_matches_quant_linear(cuda_ops) -> None:
         y = il(x)
     q.ctx.group = None
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-4 * float(y_ref.abs().max()))
+
+
+def _wgmma_ready() -> bool:
+    from qvgen_export.native import _lib
+
+    return bool(_lib.cuda_library().qvgen_cuda_has_wgmma()) and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.parametrize("bits", [4, 3])
+@pytest.mark.parametrize("case", ["random", "odd_k", "batched"])
+def test_act_quant_u8_equals_packed(cuda_ops, case: str, bits: int) -> None:
+    """INT8 containers: the same codes, one per byte, zero beyond K; same scales, zeros, sums."""
+    x, clo, chi, t = make_case(case)
+    xt, lo, hi = torch.from_numpy(x).cuda(), torch.from_numpy(clo).cuda(), torch.from_numpy(chi).cuda()
+    k = x.shape[1]
+    qx, *rest = cuda_ops.act_quant(xt, lo, hi, bits, t)
+    qx8, *rest8 = cuda_ops.act_quant_u8(xt, lo, hi, bits, t)
+    for a, b in zip(rest, rest8):
+        assert torch.equal(a, b)
+    assert torch.equal(qx8, cuda_ops.unpack_u8(qx, k))
+    assert int(qx8[:, k:].abs().sum()) == 0
+
+
+@pytest.mark.parametrize("out", ["i32", "f32", "f16", "bf16"])
+@pytest.mark.parametrize(("m", "n", "k", "with_bias"), [(37, 48, 67, True), (300, 264, 1536, False), (129, 8, 1, True)])
+def test_wgmma_u8_equals_reference(cuda_ops, m: int, n: int, k: int, with_bias: bool, out: str) -> None:
+    """CUTLASS sm_90a path (prepared INT8 weights + byte activations, and from packed operands)."""
+    if not _wgmma_ready():
+        pytest.skip("the CUTLASS wgmma path needs an sm_90 GPU and a build with CUTLASS")
+    rng = np.random.default_rng(m * n + k)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    codes, ws, wz, bias = make_weight(n, k, 4)
+    qw = torch.from_numpy(npref.pack(codes, cuda_ops.packed_row_bytes(k)))
+    out_dtype = {"i32": torch.int32, "f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[out]
+    ones = torch.ones(1)
+    qx, xs, xz, xsum = cuda_ops.act_quant(torch.from_numpy(x), ones, ones, 4)
+    w = {
+        "w_scale": torch.from_numpy(ws),
+        "w_zero": torch.from_numpy(wz),
+        "w_sum": torch.from_numpy(codes.sum(1).astype(np.int32)),
+        "bias": torch.from_numpy(bias) if with_bias else None,
+    }
+    y_ref = cuda_ops.gemm(qx, xs, xz, xsum, qw, k=k, out_dtype=out_dtype, **w)
+    g = {name: (v.cuda() if v is not None else None) for name, v in w.items()}
+    qx8, xs8, xz8, xsum8 = cuda_ops.act_quant_u8(torch.from_numpy(x).cuda(), ones.cuda(), ones.cuda(), 4)
+    qw8 = cuda_ops.unpack_u8(qw.cuda(), k)
+    y = cuda_ops.gemm_u8(qx8, xs8, xz8, xsum8, qw8, k=k, out_dtype=out_dtype, **g)
+    assert torch.equal(y.cpu(), y_ref)
+    y2 = cuda_ops.gemm(qx.cuda(), xs.cuda(), xz.cuda(), xsum.cuda(), qw.cuda(), k=k, out_dtype=out_dtype,
+                       path="wgmma_u8", **g)  # fmt: skip
+    assert torch.equal(y2.cpu(), y_ref)

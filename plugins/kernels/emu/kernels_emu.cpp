@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <cstdint>
 #include <memory>
 #include <thread>
 #include <type_traits>
@@ -192,20 +193,28 @@ void run_gemm(const GemmParams& p) {
     const dim3 grid(static_cast<unsigned>((p.N + 31) / 32), static_cast<unsigned>(std::min<int64_t>((p.M + 7) / 8, 65535)));
     qvgen_emu::run_grid_sequential(grid, block, [&p] { qvgen::simt::gemm_simt_kernel<OUT>(p); });
   } else {
-    const dim3 grid(static_cast<unsigned>((p.M + qvgen::tc::BM - 1) / qvgen::tc::BM),
-                    static_cast<unsigned>((p.N + qvgen::tc::BN - 1) / qvgen::tc::BN));
+    const dim3 grid(static_cast<unsigned>((p.N + qvgen::tc::BN - 1) / qvgen::tc::BN),  // N fastest, as gemm.cu
+                    static_cast<unsigned>((p.M + qvgen::tc::BM - 1) / qvgen::tc::BM));
     qvgen_emu::run_grid(grid, dim3(qvgen::tc::THREADS, 1), [&p] { qvgen::tc::gemm_tc_kernel<PATH, OUT>(p); });
   }
+}
+
+// vec_store as gemm.cu's launch_gemm sets it.
+void set_vec(GemmParams& p, int elem) {
+  p.vec_store = p.ldy % 2 == 0 && reinterpret_cast<uintptr_t>(p.y) % (2 * elem) == 0;
 }
 
 template <int PATH>
 void run_all_outputs(GemmParams p, std::vector<int32_t>& y_i32, std::vector<float>& y_f32,
                      std::vector<__nv_bfloat16>& y_bf16) {
   p.y = y_i32.data();
+  set_vec(p, 4);
   run_gemm<PATH, QVGEN_DTYPE_I32>(p);
   p.y = y_f32.data();
+  set_vec(p, 4);
   run_gemm<PATH, QVGEN_DTYPE_F32>(p);
   p.y = y_bf16.data();
+  set_vec(p, 2);
   run_gemm<PATH, QVGEN_DTYPE_BF16>(p);
 }
 
@@ -218,7 +227,7 @@ struct Lcg {
 int code_at(const uint8_t* row, int64_t k) { return (row[k >> 1] >> ((k & 1) * 4)) & 0xF; }
 
 // Activation quantization: emulated kernel vs the CPU reference library, byte for byte.
-template <typename T>
+template <typename T, bool BYTES = false>
 int64_t check_act_quant(int dtype, int64_t M, int64_t K, int64_t ldx, int bits, int64_t T_, bool constant, Lcg& rng) {
   const int64_t B = (M + T_ - 1) / T_;
   std::vector<T> x(static_cast<size_t>(M * ldx));
@@ -241,7 +250,8 @@ int64_t check_act_quant(int dtype, int64_t M, int64_t K, int64_t ldx, int bits, 
     chi[b] = b == 1 ? 0.0f : 0.5f + 0.5f * rng.uniform();
   }
   const int64_t ldq = ((K + 1) / 2 + 15) / 16 * 16;
-  std::vector<uint8_t> q0(static_cast<size_t>(M * ldq), 0xAB), q1(static_cast<size_t>(M * ldq), 0xCD);
+  const int64_t ld8 = (K + 15) / 16 * 16;  // byte containers (BYTES)
+  std::vector<uint8_t> q0(static_cast<size_t>(M * ldq), 0xAB), q1(static_cast<size_t>(M * (BYTES ? ld8 : ldq)), 0xCD);
   std::vector<float> s0(M), s1(M);
   std::vector<int32_t> z0(M), z1(M), c0(M), c1(M);
   if (qvgen_ref_act_quant(x.data(), dtype, M, K, ldx, clo.data(), chi.data(), T_, bits, q0.data(), ldq, s0.data(),
@@ -251,18 +261,25 @@ int64_t check_act_quant(int dtype, int64_t M, int64_t K, int64_t ldx, int bits, 
   }
   const bool vec = qvgen::aligned16(x.data()) && (ldx * static_cast<int64_t>(sizeof(T))) % 16 == 0 && K % 8 == 0;
   const int qmax = (1 << bits) - 1;
-  qvgen_emu::run_grid(dim3(static_cast<unsigned>(M), 1), dim3(qvgen::aq::AQ_THREADS, 1), [&] {
-    qvgen::aq::act_quant_kernel<T>(x.data(), ldx, static_cast<int32_t>(K), clo.data(), chi.data(), T_, qmax,
-                                   q1.data(), ldq, s1.data(), z1.data(), c1.data(), vec);
+  const unsigned blocks = static_cast<unsigned>((M + qvgen::aq::AQ_TOKENS - 1) / qvgen::aq::AQ_TOKENS);
+  qvgen_emu::run_grid(dim3(blocks, 1), dim3(qvgen::aq::AQ_THREADS, 1), [&] {
+    qvgen::aq::act_quant_kernel<T, BYTES>(x.data(), M, ldx, static_cast<int32_t>(K), clo.data(), chi.data(), T_, qmax,
+                                          q1.data(), BYTES ? ld8 : ldq, s1.data(), z1.data(), c1.data(), vec);
   });
   int64_t bad = 0;
-  for (size_t i = 0; i < q0.size(); ++i) bad += q0[i] != q1[i];
+  if constexpr (BYTES) {  // byte k of row m == code k of the reference's packed row, 0 beyond K
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t k = 0; k < ld8; ++k)
+        bad += q1[static_cast<size_t>(m * ld8 + k)] != (k < K ? code_at(&q0[static_cast<size_t>(m * ldq)], k) : 0);
+  } else {
+    for (size_t i = 0; i < q0.size(); ++i) bad += q0[i] != q1[i];
+  }
   for (int64_t m = 0; m < M; ++m) {
     bad += std::memcmp(&s0[m], &s1[m], 4) != 0;
     bad += z0[m] != z1[m];
     bad += c0[m] != c1[m];
   }
-  std::printf("act_quant dtype=%d M=%lld K=%lld ldx=%lld bits=%d vec=%d%s: %lld mismatches\n", dtype,
+  std::printf("act_quant%s dtype=%d M=%lld K=%lld ldx=%lld bits=%d vec=%d%s: %lld mismatches\n", BYTES ? "_u8" : "", dtype,
               static_cast<long long>(M), static_cast<long long>(K), static_cast<long long>(ldx), bits, vec ? 1 : 0,
               constant ? " constant rows" : "", static_cast<long long>(bad));
   return bad;
@@ -288,8 +305,28 @@ int64_t check_code_sums(int64_t N, int64_t K, Lcg& rng) {
   return bad;
 }
 
+// Packed -> byte codes (the wgmma path's weight preparation) against code_at, zeros beyond K.
+int64_t check_unpack_u8(int64_t rows, int64_t K, Lcg& rng) {
+  const int64_t ldq = (K + 1) / 2 + 3;  // any stride; garbage beyond K must not leak
+  const int64_t ld8 = (K + 15) / 16 * 16 + 16;
+  std::vector<uint8_t> q(static_cast<size_t>(rows * ldq));
+  for (auto& b : q) b = static_cast<uint8_t>(rng.next() >> 24);
+  std::vector<uint8_t> out(static_cast<size_t>(rows * ld8), 0xEE);
+  const dim3 grid(static_cast<unsigned>((ld8 / 8 + 255) / 256), static_cast<unsigned>(std::min<int64_t>(rows, 3)));
+  qvgen_emu::run_grid_sequential(grid, dim3(256, 1), [&] {
+    qvgen::simt::unpack_u8_kernel(q.data(), ldq, static_cast<int32_t>(K), out.data(), ld8, rows);
+  });
+  int64_t bad = 0;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < ld8; ++k)
+      bad += out[static_cast<size_t>(r * ld8 + k)] != (k < K ? code_at(&q[static_cast<size_t>(r * ldq)], k) : 0);
+  std::printf("unpack_u8 rows=%lld K=%lld: %lld mismatches\n", static_cast<long long>(rows), static_cast<long long>(K),
+              static_cast<long long>(bad));
+  return bad;
+}
+
 // Runs the GEMM paths on one shape; returns the number of mismatching outputs.
-int64_t check_shape(int64_t M, int64_t N, int64_t K, Lcg& rng) {
+int64_t check_shape(int64_t M, int64_t N, int64_t K, bool with_bias, Lcg& rng) {
   const int64_t kbytes = (K + 1) / 2;
   const int64_t ld = (kbytes + 15) / 16 * 16 + 16;  // extra padding, filled with garbage on purpose
   std::vector<uint8_t> qx(static_cast<size_t>(M * ld)), qw(static_cast<size_t>(N * ld));
@@ -308,21 +345,28 @@ int64_t check_shape(int64_t M, int64_t N, int64_t K, Lcg& rng) {
     bias[n] = rng.uniform() - 0.5f;
     wsum[n] = static_cast<int32_t>(rng.next() % 1000u);
   }
-  // Plain reference: codes at k >= K are ignored.
+  // Expected outputs: the CPU reference library (plugins/reference), not the kernel's epilogue.
+  const float* bp = with_bias ? bias.data() : nullptr;
   std::vector<int32_t> acc(static_cast<size_t>(M * N));
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n) {
-      int32_t s = 0;
-      for (int64_t k = 0; k < K; ++k) s += code_at(&qx[m * ld], k) * code_at(&qw[n * ld], k);
-      acc[m * N + n] = s;
-    }
+  std::vector<float> ref_f32(static_cast<size_t>(M * N));
+  std::vector<uint16_t> ref_bf16(static_cast<size_t>(M * N));
+  int st = qvgen_ref_gemm(qx.data(), ld, xs.data(), xz.data(), xsum.data(), qw.data(), ld, ws.data(), wz.data(),
+                          wsum.data(), bp, M, N, K, acc.data(), QVGEN_DTYPE_I32, N);
+  st |= qvgen_ref_gemm(qx.data(), ld, xs.data(), xz.data(), xsum.data(), qw.data(), ld, ws.data(), wz.data(),
+                       wsum.data(), bp, M, N, K, ref_f32.data(), QVGEN_DTYPE_F32, N);
+  st |= qvgen_ref_gemm(qx.data(), ld, xs.data(), xz.data(), xsum.data(), qw.data(), ld, ws.data(), wz.data(),
+                       wsum.data(), bp, M, N, K, ref_bf16.data(), QVGEN_DTYPE_BF16, N);
+  if (st != QVGEN_OK) {
+    std::printf("reference gemm failed: %s\n", qvgen_ref_last_error());
+    return 1;
+  }
   int64_t bad = 0;
   std::vector<int32_t> y_i32(static_cast<size_t>(M * N));
   std::vector<float> y_f32(static_cast<size_t>(M * N));
   std::vector<__nv_bfloat16> y_bf16(static_cast<size_t>(M * N));
   for (int path : {QVGEN_PATH_MMA_U4, QVGEN_PATH_IMMA_U8, QVGEN_PATH_SIMT}) {
     GemmParams p{qx.data(), xs.data(), xz.data(), xsum.data(), qw.data(), ws.data(), wz.data(), wsum.data(),
-                 bias.data(), nullptr, ld, ld, N, M, N, static_cast<int32_t>(K)};
+                 bp, nullptr, ld, ld, N, M, N, static_cast<int32_t>(K)};
     std::fill(y_i32.begin(), y_i32.end(), -1);
     std::fill(y_f32.begin(), y_f32.end(), -1.0f);
     p.y = y_i32.data();
@@ -341,16 +385,12 @@ int64_t check_shape(int64_t M, int64_t N, int64_t K, Lcg& rng) {
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) {
         const int64_t i = m * N + n;
-        const int32_t a = acc[i];
-        const float v = qvgen::epilogue(a, xs[m], xz[m], xsum[m], ws[n], wz[n], wsum[n], bias.data(), n,
-                                        static_cast<int32_t>(K));
-        const __nv_bfloat16 vb = __float2bfloat16_rn(v);
-        if (y_i32[i] != a) ++path_bad;
-        if (std::memcmp(&y_f32[i], &v, 4) != 0) ++path_bad;
-        if (std::memcmp(&y_bf16[i], &vb, 2) != 0) ++path_bad;
+        if (y_i32[i] != acc[i]) ++path_bad;
+        if (std::memcmp(&y_f32[i], &ref_f32[i], 4) != 0) ++path_bad;
+        if (std::memcmp(&y_bf16[i], &ref_bf16[i], 2) != 0) ++path_bad;
       }
-    std::printf("M=%lld N=%lld K=%lld path=%s: %lld mismatches\n", static_cast<long long>(M),
-                static_cast<long long>(N), static_cast<long long>(K),
+    std::printf("M=%lld N=%lld K=%lld%s path=%s: %lld mismatches\n", static_cast<long long>(M),
+                static_cast<long long>(N), static_cast<long long>(K), with_bias ? "" : " no-bias",
                 path == QVGEN_PATH_MMA_U4 ? "mma_u4" : path == QVGEN_PATH_IMMA_U8 ? "imma_u8" : "simt",
                 static_cast<long long>(path_bad));
     bad += path_bad;
@@ -379,9 +419,19 @@ int main() {
   bad += check_act_quant<__half>(QVGEN_DTYPE_F16, 4, 264, 264, 2, 2, false, rng);
   bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 4, 520, 520, 4, 2, false, rng);
   bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 3, 77, 77, 3, 1, true, rng);
+  // Several tokens per CTA: M not a multiple of 8, rows beyond the register cache (K > 2048).
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 11, 2600, 2600, 4, 11, false, rng);
+  bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 9, 4104, 4104, 4, 3, false, rng);
+  // INT8 containers (Hopper wgmma path): same codes, one per byte.
+  bad += check_act_quant<__nv_bfloat16, true>(QVGEN_DTYPE_BF16, 10, 1536, 1536, 4, 5, false, rng);
+  bad += check_act_quant<float, true>(QVGEN_DTYPE_F32, 3, 67, 70, 3, 1, false, rng);
   bad += check_code_sums(37, 1001, rng);
   bad += check_code_sums(9, 64, rng);
-  for (const Shape& s : shapes) bad += check_shape(s.M, s.N, s.K, rng);
+  bad += check_unpack_u8(5, 67, rng);
+  bad += check_unpack_u8(4, 1, rng);
+  bad += check_unpack_u8(3, 320, rng);
+  int i = 0;
+  for (const Shape& s : shapes) bad += check_shape(s.M, s.N, s.K, (i++ % 2) == 0, rng);
   std::printf("%s: %lld mismatching outputs\n", bad ? "FAIL" : "PASS", static_cast<long long>(bad));
   return bad ? 1 : 0;
 }

@@ -176,8 +176,10 @@ __global__ void __launch_bounds__(THREADS) gemm_tc_kernel(const GemmParams p) {
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / WARPS_N, wn = warp % WARPS_N;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * BN;
+  // Raster: blockIdx.x walks N (fastest), blockIdx.y walks M, so the CTAs resident at one time
+  // share the same A rows (read from DRAM once) and stream the weight, which stays in L2.
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * BN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM;
   const int32_t K = p.K;
   const int32_t full_bytes = K >> 1, kbytes = (K + 1) >> 1;
   const bool odd_k = (K & 1) != 0;
@@ -224,8 +226,29 @@ __global__ void __launch_bounds__(THREADS) gemm_tc_kernel(const GemmParams p) {
   }
   cp_async_wait<0>();
 
-  // Epilogue straight from registers (c0,c1: row g; c2,c3: row g+8; cols 2t, 2t+1).
+  // Epilogue straight from registers (c0,c1: row g; c2,c3: row g+8; cols 2t, 2t+1). The 8 columns
+  // of this thread (ni, j) are the same for every row: their parameters are loaded once. Each
+  // (row, 2t..2t+1) pair is written with one 2-element store when p.vec_store (ldy even and y
+  // aligned to 2 elements, checked by the launcher) and both columns exist.
   const int g = lane >> 2, t = lane & 3;
+  float cws[NI][2], cwz[NI][2], cb[NI][2];
+  int32_t cwsum[NI][2];
+#pragma unroll
+  for (int ni = 0; ni < NI; ++ni) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int64_t c = n0 + wn * WN + ni * 8 + 2 * t + j;
+      cws[ni][j] = 0.0f, cwz[ni][j] = 0.0f, cb[ni][j] = 0.0f, cwsum[ni][j] = 0;
+      if constexpr (OUT != QVGEN_DTYPE_I32) {
+        if (c < p.N) {
+          cws[ni][j] = p.w_scale[c];
+          cwz[ni][j] = p.w_zero[c];
+          cwsum[ni][j] = p.w_sum[c];
+          if (p.bias) cb[ni][j] = p.bias[c];
+        }
+      }
+    }
+  }
 #pragma unroll
   for (int mi = 0; mi < MI; ++mi) {
 #pragma unroll
@@ -241,16 +264,24 @@ __global__ void __launch_bounds__(THREADS) gemm_tc_kernel(const GemmParams p) {
       }
 #pragma unroll
       for (int ni = 0; ni < NI; ++ni) {
+        const int64_t c0 = n0 + wn * WN + ni * 8 + 2 * t;
+        float v[2] = {0.0f, 0.0f};
+        int32_t a[2];
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const int64_t c = n0 + wn * WN + ni * 8 + 2 * t + j;
-          if (c >= p.N) continue;
-          const int32_t a = acc[mi][ni][2 * h + j];
-          float v = 0.0f;
+          a[j] = acc[mi][ni][2 * h + j];
           if constexpr (OUT != QVGEN_DTYPE_I32) {
-            v = epilogue(a, sx, zx, sumx, p.w_scale[c], p.w_zero[c], p.w_sum[c], p.bias, c, K);
+            v[j] = epilogue_cols(a[j], sx, zx, sumx, cws[ni][j], cwz[ni][j], cwsum[ni][j], cb[ni][j],
+                                 p.bias != nullptr, K);
           }
-          store_out<OUT>(p.y, r * p.ldy + c, v, a);
+        }
+        const int64_t idx = r * p.ldy + c0;
+        if (p.vec_store && c0 + 1 < p.N) {
+          store_out2<OUT>(p.y, idx, v, a);
+        } else {
+#pragma unroll
+          for (int j = 0; j < 2; ++j)
+            if (c0 + j < p.N) store_out<OUT>(p.y, idx + j, v[j], a[j]);
         }
       }
     }

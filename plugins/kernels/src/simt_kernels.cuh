@@ -48,5 +48,30 @@ static __global__ void code_sums_kernel(const uint8_t* __restrict__ qw, int64_t 
   if (lane == 0) out[n] = s;
 }
 
+// Packed codes (two per byte) -> one code per byte, for the INT8 wgmma path: out[r, k] = code k of
+// row r for k < K, 0 for K <= k < ld8. Each thread writes 8 bytes (one uint2: ld8 % 16 == 0 and
+// out 16-byte aligned), reading the 4 packed bytes byte by byte (any ldq, any alignment).
+// Rows: blockIdx.y, striding by gridDim.y.
+static __global__ void unpack_u8_kernel(const uint8_t* __restrict__ q, int64_t ldq, int32_t K,
+                                        uint8_t* __restrict__ out, int64_t ld8, int64_t rows) {
+  const int64_t w = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (w >= ld8 / 8) return;
+  const int32_t k0 = static_cast<int32_t>(w * 8);
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const uint8_t* src = q + r * ldq;
+    uint32_t lo = 0, hi = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int32_t k = k0 + i;
+      const uint32_t c = k < K ? (src[k >> 1] >> ((k & 1) * 4)) & 0xFu : 0u;
+      if (i < 4)
+        lo |= c << (8 * i);
+      else
+        hi |= c << (8 * (i - 4));
+    }
+    reinterpret_cast<uint2*>(out + r * ld8)[w] = make_uint2(lo, hi);
+  }
+}
+
 }  // namespace simt
 }  // namespace qvgen

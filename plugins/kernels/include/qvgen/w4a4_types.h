@@ -44,7 +44,13 @@
  *   y is then converted to the output dtype with round-to-nearest-even.
  *   With out dtype QVGEN_DTYPE_I32 the raw acc is written (scales, zeros, sums, bias unused and
  *   may be NULL): a bit-exact test hook for the integer part.
- *   K must be <= QVGEN_MAX_K so that every integer above is exact in int32 and in float32.
+ *   K must be <= QVGEN_MAX_K (74,565) so that every integer above is exact in int32 and its conversion
+ *   to float32 is exact (|I| <= 225 K <= 2^24).
+ *
+ * Byte layout (Hopper wgmma path, qvgen_cuda_act_quant_u8 / qvgen_cuda_unpack_u8 / qvgen_cuda_gemm_u8)
+ * ----------------------------------------------------------------------------------------------
+ *   uint8 [rows, ld8], one code (0..qmax) per byte, byte k = code k; bytes k >= K are 0 (the GEMM
+ *   reads them: it runs over K rounded up to 16). ld8 % 16 == 0, ld8 >= K, 16-byte aligned base.
  */
 #ifndef QVGEN_W4A4_TYPES_H
 #define QVGEN_W4A4_TYPES_H
@@ -74,14 +80,22 @@ typedef enum qvgen_status {
 
 /* GEMM implementation choice (CUDA only; the CPU reference has one). */
 typedef enum qvgen_gemm_path {
-  QVGEN_PATH_AUTO = 0,     /* sm_80/86/89: MMA_U4; sm_90 and newer: IMMA_U8 */
-  QVGEN_PATH_MMA_U4 = 1,   /* mma.sync m16n8k64 u4 (native on sm_80..89, emulated on sm_90) */
-  QVGEN_PATH_IMMA_U8 = 2,  /* unpack nibbles to bytes in registers, mma.sync m16n8k32 u8 */
-  QVGEN_PATH_SIMT = 3      /* one thread per output, plain integer loop: slow, obviously right */
+  QVGEN_PATH_AUTO = 0,      /* sm_80/86/89: MMA_U4; sm_90: WGMMA_U8 where built, else IMMA_U8; newer: IMMA_U8 */
+  QVGEN_PATH_MMA_U4 = 1,    /* mma.sync m16n8k64 u4 (native on sm_80..89, emulated on sm_90) */
+  QVGEN_PATH_IMMA_U8 = 2,   /* unpack nibbles to bytes in registers, mma.sync m16n8k32 u8 */
+  QVGEN_PATH_SIMT = 3,      /* one thread per output, plain integer loop: slow, obviously right */
+  QVGEN_PATH_WGMMA_U8 = 4   /* sm_90a only, built with CUTLASS: codes one per byte, TMA + wgmma u8 (IGMMA),
+                               the epilogue as a CUTLASS visitor tree (qvgen_cuda_gemm_u8) */
 } qvgen_gemm_path;
 
-#define QVGEN_MAX_K (1 << 20)
-#define QVGEN_W4A4_ABI_VERSION 1
+/* Largest supported K: the integer I = acc - x_zero * w_sum lies in [-225 K, 225 K] (codes <= 15)
+ * and is converted to float32, which is exact only up to 2^24 = 16,777,216, i.e. K <= 74,565
+ * (floor(2^24 / 225)); Tm = K * x_zero - x_sum is within 15 K. Every int32 above is then exact,
+ * and so are the int -> float conversions. Larger K returns QVGEN_ERR_UNSUPPORTED. (Wan: K <= 13,824.)
+ * ABI version 2: QVGEN_MAX_K lowered from 2^20 (whose bound was wrong), QVGEN_PATH_WGMMA_U8 and the
+ * byte-container functions added; signatures of version 1 unchanged. */
+#define QVGEN_MAX_K 74565
+#define QVGEN_W4A4_ABI_VERSION 2
 
 #ifdef __cplusplus
 }
