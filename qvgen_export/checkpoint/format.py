@@ -36,6 +36,9 @@ FORMAT_NAME = "qvgen-export/quantized-checkpoint"
 # no content hash and are refused rather than loaded unchecked.
 FORMAT_VERSION = 2
 DIGEST_KEY = "tensor_sha256"
+# SHA-256 of every other metadata entry (sorted JSON), so a valid-looking edit of the config
+# (a clip base, an include pattern) is caught like a tensor edit.
+META_DIGEST_KEY = "metadata_sha256"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 SUPPORTED_MODEL_CLASSES = ("WanTransformer3DModel",)
 
@@ -107,7 +110,7 @@ def checkpoint_metadata(
 
     if model_class not in SUPPORTED_MODEL_CLASSES:
         raise ValueError(f"unsupported model class {model_class}; expected one of {SUPPORTED_MODEL_CLASSES}")
-    return {
+    meta = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "producer": f"qvgen-export {__version__}",
@@ -117,6 +120,16 @@ def checkpoint_metadata(
         "layers": json.dumps(layers, sort_keys=True),
         "extra": json.dumps(extra or {}, sort_keys=True),
     }
+    meta[META_DIGEST_KEY] = metadata_digest(meta)
+    return meta
+
+
+def metadata_digest(meta: Mapping[str, str]) -> str:
+    """SHA-256 of the metadata entries other than the two digests, as sorted compact JSON."""
+    import hashlib
+
+    body = {k: v for k, v in meta.items() if k not in (DIGEST_KEY, META_DIGEST_KEY)}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def save_checkpoint(model: QuantizedWan, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -238,6 +251,9 @@ def read_info(path: str | Path, check_values: bool = True) -> tuple[CheckpointIn
         )
     if version != str(FORMAT_VERSION):
         raise CheckpointError(p, f"unsupported format version {version!r} (this tool reads version {FORMAT_VERSION})")
+    if meta.get(META_DIGEST_KEY) != metadata_digest(meta):
+        what = "is missing" if META_DIGEST_KEY not in meta else "does not match the metadata (header edited)"
+        raise CheckpointError(p, f"metadata '{META_DIGEST_KEY}' {what}")
     model_class = meta.get("model_class")
     if model_class not in SUPPORTED_MODEL_CLASSES:
         raise CheckpointError(p, f"unsupported model class {model_class!r}")

@@ -17,6 +17,17 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 DIGEST_KEY = "tensor_sha256"
+META_DIGEST_KEY = "metadata_sha256"
+
+
+def rehash_meta(meta: dict[str, str]) -> None:
+    """Recompute the metadata digest after an edit (what an informed attacker does); a no-op for
+    code that predates the digest."""
+    try:
+        from qvgen_export.checkpoint.format import metadata_digest
+    except ImportError:
+        return
+    meta[META_DIGEST_KEY] = metadata_digest(meta)
 
 
 def read_raw(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -38,13 +49,15 @@ def edit_header(src: Path, dst: Path, fn: Callable[[dict[str, Any]], Any]) -> Pa
     return write_raw(dst, header, data)
 
 
-def edit_meta_json(src: Path, dst: Path, key: str, fn: Callable[[Any], Any]) -> Path:
+def edit_meta_json(src: Path, dst: Path, key: str, fn: Callable[[Any], Any], rehash: bool = True) -> Path:
     """Apply ``fn`` to the parsed JSON metadata value ``key`` (fn may mutate and return None)."""
 
     def go(h: dict[str, Any]) -> None:
         v = json.loads(h["__metadata__"][key])
         out = fn(v)
         h["__metadata__"][key] = json.dumps(v if out is None else out)
+        if rehash:
+            rehash_meta(h["__metadata__"])
 
     return edit_header(src, dst, go)
 
@@ -56,7 +69,11 @@ def rewrite(
     meta_fn: Callable[[dict[str, str]], Any] | None = None,
     rehash: bool = True,
 ) -> Path:
-    from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter
+    try:
+        from qvgen_export.checkpoint.format import DIGEST_KEY as _current  # noqa: F401
+        from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter
+    except ImportError:  # code from before content digests (the corpus' "before" run)
+        return _rewrite_plain(src, dst, tensors_fn, meta_fn)
 
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata())
@@ -66,6 +83,7 @@ def rewrite(
     if meta_fn:
         meta_fn(meta)
     old = meta.pop(DIGEST_KEY, None)
+    rehash_meta(meta)
     specs = {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
     w = StreamingSafetensorsWriter(dst, specs, meta, digest_key=DIGEST_KEY if rehash else None)
     for k, t in tensors.items():
@@ -74,3 +92,17 @@ def rewrite(
     if not rehash and old is not None:
         edit_header(dst, dst, lambda h: h["__metadata__"].__setitem__(DIGEST_KEY, old))
     return dst
+
+
+def _rewrite_plain(src: Path, dst: Path, tensors_fn: Any, meta_fn: Any) -> Path:
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(src))
+    if tensors_fn:
+        tensors_fn(tensors)
+    if meta_fn:
+        meta_fn(meta)
+    save_file(tensors, str(dst), metadata=meta)
+    return Path(dst)
