@@ -3,12 +3,21 @@
 ``QuantizedWan`` wraps a ``WanTransformer3DModel`` whose selected ``nn.Linear`` layers were
 replaced by :class:`QuantLinear`. Its ``forward`` keeps diffusers' transformer call signature and
 computes the timestep group once per call (``functional.timestep_group``); every
-``QuantLinear`` reads it from the shared :class:`QuantContext`.
+``QuantLinear`` reads it from the shared :class:`QuantContext`. The inner transformer computes
+the group too when it is called directly (a forward pre-hook), so either object can be handed to
+diffusers' ``WanPipeline``.
+
+Dtypes: the model may be cast (``.to(torch.bfloat16)``); a ``QuantLinear`` keeps its quantizer
+parameters (scale, zero point, clip logits) in float32 whatever the cast, computes the fake
+quantization in float32 and returns the input's dtype, so the integer codes do not depend on the
+compute dtype beyond the latent weight's own rounding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -24,6 +33,38 @@ class QuantContext:
 
     def __init__(self) -> None:
         self.group: torch.Tensor | None = None
+
+
+# Quantizer parameters stay float32 under ``.to(dtype)``: a bf16 scale would move codes.
+QUANTIZER_PARAMS = ("w_scale", "w_zero", "clip_lower", "clip_upper")
+
+
+class _TimestepGroupHook:
+    """Forward pre/post hook of the inner transformer: sets the context's timestep group when the
+    transformer is called directly (diffusers' pipeline holding ``qmodel.transformer``).
+
+    A class, not a closure, so that ``copy.deepcopy`` of the model copies it together with (and
+    pointing at) the copied context. It leaves a group set by ``QuantizedWan.forward`` alone.
+    """
+
+    def __init__(self, ctx: QuantContext, config: QuantConfig) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.owned = False
+
+    def pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.ctx.group is not None:
+            return
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if timestep is None:
+            return  # QuantLinear raises its own clear error
+        self.ctx.group = QF.timestep_group(timestep, self.config.timestep_groups, self.config.num_train_timesteps)
+        self.owned = True
+
+    def post(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if self.owned:
+            self.ctx.group = None
+            self.owned = False
 
 
 class QuantLinear(nn.Module):
@@ -94,30 +135,67 @@ class QuantLinear(nn.Module):
         return s, z
 
     def quantized_weight(self) -> torch.Tensor:
+        """``Qw(W)`` in float32 (``.float()`` is a no-op for a float32 model and keeps the graph)."""
         s, z = self.quant_params()
-        return QF.fake_quant_weight(self.weight, s, z, self.config.weight_qmax)
+        return QF.fake_quant_weight(self.weight.float(), s.float(), z.float(), self.config.weight_qmax)
 
     def codes(self) -> torch.Tensor:
         """Integer weight codes ``[N, K]`` (uint8) as the checkpoint stores them."""
         with torch.no_grad():
-            return QF.weight_codes(self.weight, self.w_scale, self.w_zero, self.config.weight_qmax).to(torch.uint8)
+            return QF.weight_codes(
+                self.weight.float(), self.w_scale.float(), self.w_zero.float(), self.config.weight_qmax
+            ).to(torch.uint8)
 
     def act_clip(self) -> tuple[torch.Tensor, torch.Tensor]:
         group = self.ctx.group
         if group is None:
             raise RuntimeError("QuantLinear called without a timestep group: call the model through QuantizedWan")
-        return QF.clip_factors(self.clip_lower, self.clip_upper, group, self.config.act_clip_base)
+        return QF.clip_factors(self.clip_lower.float(), self.clip_upper.float(), group, self.config.act_clip_base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float32 inside whatever the model's dtype: the quantizer's rounding must not depend on it.
         lo, hi = self.act_clip()
         xq = QF.fake_quant_act(x.float(), lo, hi, self.config.act_qmax)
         w = self.quantized_weight()
         if self.weight_delta is not None:
-            w = w + self.weight_delta()
-        return F.linear(xq, w, self.bias).to(x.dtype)
+            w = w + self.weight_delta().float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.linear(xq, w, bias).to(x.dtype)
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> QuantLinear:
+        """``nn.Module._apply`` (behind ``.to``/``.half``/``.cuda``...), keeping quantizer params float32.
+
+        A dtype cast is detected by applying ``fn`` to a one-element probe; the quantizer params
+        then only follow the device (moved from their float32 originals, never round-tripped).
+        """
+        originals: dict[str, torch.Tensor] = {}
+        for name in QUANTIZER_PARAMS:
+            p = self._parameters.get(name)
+            if p is None or p.dtype != torch.float32:
+                continue
+            probe = fn(torch.zeros(1, dtype=p.dtype, device=p.device))
+            if probe.dtype != p.dtype:
+                originals[name] = p.data
+        super()._apply(fn, recurse)
+        for name, old in originals.items():
+            probe = fn(torch.zeros(1, dtype=old.dtype, device=old.device))
+            self._parameters[name].data = old.to(probe.device)  # type: ignore[union-attr]
+        return self
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.config.name}"
+
+
+def _install_group_hook(transformer: nn.Module, ctx: QuantContext, config: QuantConfig) -> None:
+    """(Re)install the timestep-group hooks on ``transformer`` (one pair, bound to ``ctx``)."""
+    for hooks in (transformer._forward_pre_hooks, transformer._forward_hooks):
+        for key in [k for k, h in hooks.items() if isinstance(getattr(h, "__self__", None), _TimestepGroupHook)]:
+            del hooks[key]
+            transformer._forward_pre_hooks_with_kwargs.pop(key, None)
+            transformer._forward_hooks_with_kwargs.pop(key, None)
+    hook = _TimestepGroupHook(ctx, config)
+    transformer.register_forward_pre_hook(hook.pre, with_kwargs=True)
+    transformer.register_forward_hook(hook.post, with_kwargs=True, always_call=True)
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -139,6 +217,7 @@ class QuantizedWan(nn.Module):
         self.transformer = transformer
         self.qconfig = config
         object.__setattr__(self, "ctx", ctx or QuantContext())
+        _install_group_hook(transformer, self.ctx, config)
 
     @classmethod
     def from_float(cls, transformer: nn.Module, config: QuantConfig, init: bool = True) -> QuantizedWan:
@@ -153,6 +232,7 @@ class QuantizedWan(nn.Module):
             _set_submodule(transformer, name, QuantLinear.from_linear(lin, config, ctx, init=init))
         return cls(transformer, config, ctx)
 
+    # -- what diffusers' pipelines read from a transformer (ModelMixin's surface) -------------
     @property
     def config(self) -> Any:
         # diffusers pipelines read transformer.config (e.g. in_channels, patch_size).
@@ -160,7 +240,35 @@ class QuantizedWan(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        """The compute dtype: that of the float (non-quantizer) parameters, as ModelMixin reports."""
+        for name, p in self.transformer.named_parameters():
+            if p.is_floating_point() and name.rpartition(".")[2] not in QUANTIZER_PARAMS:
+                return p.dtype
+        return torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str, **kwargs: Any) -> Iterator[None]:
+        """diffusers' cache context (``WanPipeline`` enters it around every call), delegated."""
+        inner = getattr(self.transformer, "cache_context", None)
+        if inner is None:
+            yield
+            return
+        with inner(name, **kwargs):
+            yield
+
+    def set_attention_backend(self, backend: str) -> None:
+        """diffusers' attention backend switch, delegated (quantization does not touch attention)."""
+        self.transformer.set_attention_backend(backend)
+
+    def enable_cache(self, config: Any) -> None:
+        self.transformer.enable_cache(config)
+
+    def disable_cache(self) -> None:
+        self.transformer.disable_cache()
 
     def quant_linears(self) -> dict[str, QuantLinear]:
         return {n: m for n, m in self.transformer.named_modules() if isinstance(m, QuantLinear)}

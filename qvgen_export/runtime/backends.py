@@ -10,7 +10,9 @@ through onnxruntime-extensions), TensorRT runs a ``trt`` folder's engine.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -143,12 +145,24 @@ def open_backend(folder: str | Path, kind: str = "auto", **kwargs: Any) -> Backe
 
 
 class Denoiser:
-    """Drop-in for ``WanTransformer3DModel.__call__`` backed by any :class:`Backend`."""
+    """Drop-in for ``WanTransformer3DModel`` in diffusers' ``WanPipeline``, backed by any :class:`Backend`.
+
+    It has the call signature and the model surface the pipeline reads: ``config``
+    (``in_channels``, ``patch_size``, ...), ``dtype`` (float32: the exported graph's I/O),
+    ``device`` (where the backend's outputs live) and ``cache_context``. It is not an
+    ``nn.Module``: ``pipe.to(...)`` leaves it alone, and diffusers' caching hooks do not apply
+    to a compiled graph (``cache_context`` is accepted and does nothing).
+    """
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.config = SimpleNamespace(**backend.model_config)
         self.dtype = torch.float32
+        self.device = torch.device(getattr(backend, "device", "cpu"))
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str, **kwargs: Any) -> Iterator[None]:
+        yield
 
     def __call__(
         self,
@@ -162,7 +176,10 @@ class Denoiser:
         if unsupported:
             raise ValueError(f"{self.backend.name} backend does not support arguments {sorted(unsupported)}")
         timestep = timestep.reshape(-1).expand(hidden_states.shape[0]) if timestep.numel() == 1 else timestep
-        out = self.backend.run(hidden_states, timestep, encoder_hidden_states)
+        # The graph's inputs are float32 (a bf16 pipeline hands bf16 latents); outputs come back
+        # in the caller's dtype, as a model of that dtype would return them.
+        out = self.backend.run(hidden_states.float(), timestep.float(), encoder_hidden_states.float())
+        out = out.to(hidden_states.dtype)
         if not return_dict:
             return (out,)
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
