@@ -4,12 +4,22 @@ Weights: per row (or row group), search a shrink factor ``p in {1.00, 0.99, ...,
 range and keep the one minimising ``sum |Qw(w) - w|^2.4``. Activations: clip logits start at
 ``logit(act_clip_init)``; with calibration batches, each layer's clip factor is refined per
 timestep group on a small grid by output MSE against the float layer.
+
+Entry points:
+
+- :func:`quantize` ``(model, config, forward_loop=None)``: ModelOpt's ``mtq.quantize`` shape;
+  returns a new :class:`QuantizedWan` and leaves ``model`` untouched (it is copied first).
+- :func:`ptq_quantize` ``(model, config, calib_batches)``: in place: ``model`` becomes the
+  quantized transformer (``result.transformer is model``; calling ``model`` directly runs the
+  quantized model too), no copy, for models too large to hold twice.
+- ``ptq_stream.ptq_quantize_folder``: a diffusers folder straight to a checkpoint, one layer at a time.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -69,43 +79,44 @@ def init_weight_quantizer(q: QuantLinear, method: str = "mse") -> None:
 
 
 @torch.no_grad()
-def calibrate_act_clips(
-    model: QuantizedWan, calib_batches: Iterable[dict[str, torch.Tensor]], progress: bool = True
-) -> None:
+def calibrate_act_clips_loop(model: QuantizedWan, forward_loop: Callable[[QuantizedWan], Any]) -> int:
     """Pick each layer's activation clip factor per timestep group from ``CLIP_GRID``.
 
-    Each batch is a dict with ``hidden_states``, ``timestep`` and ``encoder_hidden_states``.
-    A layer's candidates are scored by the MSE between its quantized output and the float
-    output ``x @ W^T + b`` on the inputs it sees in the calibration run. Groups never seen keep
-    their initial value.
+    ``forward_loop(model)`` runs calibration data through ``model`` however the caller likes (a
+    loop over saved inputs, or a whole ``WanPipeline(transformer=model)`` call). A layer's
+    candidates are scored by the MSE between its quantized output and the float output
+    ``x @ W^T + b`` on the inputs it sees. Groups never seen keep their initial value. Returns the
+    number of quantized-linear calls observed (0 means the loop never ran the model).
     """
     layers = model.quant_linears()
-    # err[name][group][clip] accumulated over batches
+    # err[name][group][clip] accumulated over calls
     errs: dict[str, dict[int, torch.Tensor]] = {n: defaultdict(lambda: torch.zeros(len(CLIP_GRID))) for n in layers}
+    seen = [0]
     handles = []
 
-    def make_hook(name: str, layer: QuantLinear) -> Any:
+    def make_hook(name: str) -> Any:
         def hook(mod: QuantLinear, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            seen[0] += 1
             x = inputs[0].float()
             groups = mod.ctx.group
             assert groups is not None
-            ref = nn.functional.linear(x, mod.weight, mod.bias)
             w = mod.quantized_weight()
+            bias = None if mod.bias is None else mod.bias.float()
+            ref = nn.functional.linear(x, mod.weight.float(), bias)
             for gi in groups.unique().tolist():
                 sel = groups == gi
                 xs, rs = x[sel], ref[sel]
                 for ci, c in enumerate(CLIP_GRID):
                     f = torch.full((xs.shape[0],), c * mod.config.act_clip_base)
-                    y = nn.functional.linear(QF.fake_quant_act(xs, f, f, mod.config.act_qmax), w, mod.bias)
+                    y = nn.functional.linear(QF.fake_quant_act(xs, f, f, mod.config.act_qmax), w, bias)
                     errs[name][gi][ci] += (y - rs).pow(2).mean()
 
         return hook
 
     for name, layer in layers.items():
-        handles.append(layer.register_forward_hook(make_hook(name, layer)))
+        handles.append(layer.register_forward_hook(make_hook(name)))
     try:
-        for batch in tqdm(list(calib_batches), desc="calibrating activation clips", disable=not progress):
-            model(batch["hidden_states"], batch["timestep"], batch["encoder_hidden_states"], return_dict=False)
+        forward_loop(model)
     finally:
         for h in handles:
             h.remove()
@@ -115,6 +126,21 @@ def calibrate_act_clips(
             logit = torch.logit(torch.tensor(min(c, 1.0 - 1e-4)))
             layer.clip_lower.data[gi] = logit
             layer.clip_upper.data[gi] = logit
+    return seen[0]
+
+
+def calibrate_act_clips(
+    model: QuantizedWan, calib_batches: Iterable[dict[str, torch.Tensor]], progress: bool = True
+) -> None:
+    """:func:`calibrate_act_clips_loop` over batches, each a dict with ``hidden_states``,
+    ``timestep`` and ``encoder_hidden_states``."""
+    batches = list(calib_batches)
+
+    def loop(m: QuantizedWan) -> None:
+        for batch in tqdm(batches, desc="calibrating activation clips", disable=not progress):
+            m(batch["hidden_states"], batch["timestep"], batch["encoder_hidden_states"], return_dict=False)
+
+    calibrate_act_clips_loop(model, loop)
 
 
 def ptq_quantize(
@@ -124,7 +150,11 @@ def ptq_quantize(
     progress: bool = True,
     weight_ranges_method: str = "mse",
 ) -> QuantizedWan:
-    """Quantize a float ``WanTransformer3DModel`` (modified in place) and return the wrapper.
+    """Quantize a float ``WanTransformer3DModel`` in place and return its wrapper.
+
+    ``model`` itself becomes the quantized transformer (``result.transformer is model``); it stays
+    callable (it computes its own timestep group), so nothing holding it breaks. Use
+    :func:`quantize` to keep the float model.
 
     Without ``calib_batches`` this is QVGen's initialisation exactly (MSE weight ranges, initial
     activation clip); with them, activation clips are also calibrated (``calibrate_act_clips``).
@@ -135,4 +165,34 @@ def ptq_quantize(
         init_weight_quantizer(layer, weight_ranges_method)
     if calib_batches is not None:
         calibrate_act_clips(qmodel, calib_batches, progress=progress)
+    return qmodel.eval()
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantConfig | str,
+    forward_loop: Callable[[QuantizedWan], Any] | None = None,
+    *,
+    weight_ranges_method: str = "mse",
+) -> QuantizedWan:
+    """Quantize a float Wan transformer the ModelOpt way: ``quantize(model, config, forward_loop)``.
+
+    Returns a **new** :class:`QuantizedWan`; ``model`` is not modified (it is deep-copied first,
+    so peak memory is two models; for models that do not fit twice use :func:`ptq_quantize`,
+    in place, or ``ptq_stream.ptq_quantize_folder``, layer by layer from disk).
+
+    ``config``: a :class:`QuantConfig` or a preset name (``"w4a4"``, ``"w3a3"``, ``"w8a8"``).
+    ``forward_loop``: called once as ``forward_loop(qmodel)`` to calibrate the activation clips
+    on whatever it runs through ``qmodel`` (as ``mtq.quantize``'s ``forward_loop``); e.g.
+    ``lambda m: WanPipeline(..., transformer=m)(prompts, num_inference_steps=10)``. Without it,
+    the QVGen initialisation only (MSE weight ranges, initial clips). The result is in eval mode.
+    """
+    qconfig = QuantConfig.preset(config) if isinstance(config, str) else config
+    if not isinstance(qconfig, QuantConfig):
+        raise TypeError(f"config must be a QuantConfig or a preset name, got {type(config).__name__}")
+    if isinstance(model, QuantizedWan) or any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise ValueError("the model is already quantized")
+    qmodel = ptq_quantize(copy.deepcopy(model), qconfig, progress=False, weight_ranges_method=weight_ranges_method)
+    if forward_loop is not None and calibrate_act_clips_loop(qmodel, forward_loop) == 0:
+        raise ValueError("forward_loop never called the model: no activation was calibrated")
     return qmodel.eval()
