@@ -217,24 +217,57 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(lv)
 
 
-def export_onnx(
-    model: nn.Module,
-    out_dir: Path,
-    target: str = "onnx",
-    check: bool = True,
-    progress: bool = False,
-    inplace: bool = False,
-) -> ExportResult:
-    """Export ``model`` into ``out_dir`` (which must exist and be empty; see ``pipeline``).
+def optimize_graph(ir_model: Any) -> None:
+    """onnxscript's optimizer passes, minus what breaks scale or block structure.
 
-    ``model`` is a :class:`QuantizedWan` for ``target='onnx'`` (frozen to its export form; a
-    deep copy unless ``inplace``, which saves a second copy of a large model's weights) or a
-    float ``WanTransformer3DModel`` for ``target='float'``.
+    - ``SlicesSplit`` is dropped: it is quadratic in graph size (minutes on Wan 1.3B);
+    - constant folding never consumes a model weight (``model.*`` initializers), so weights keep
+      their module-path names and are never baked into anonymous folded tensors (the block
+      stitcher and the parity tools find layers by those names; runtimes fold such ops anyway);
+    - initializers are not deduplicated, so equal tensors of different layers stay separate.
     """
-    import onnx
     import onnx_ir as ir
+    from onnx_ir.passes import common as common_passes
+    from onnxscript import rewriter
+    from onnxscript.optimizer import _constant_folding
 
-    t0 = time.perf_counter()
+    rules = [r for r in rewriter._DEFAULT_REWRITE_RULES if getattr(r, "name", None) != "SlicesSplit"]
+
+    def should_fold(node: Any) -> bool | None:
+        for v in node.inputs:
+            if v is not None and v.is_initializer() and v.name.startswith("model."):
+                return False
+        return None
+
+    passes = ir.passes.Sequential(
+        common_passes.InlinePass(),
+        ir.passes.PassManager(
+            [
+                _constant_folding.FoldConstantsPass(
+                    shape_inference=True, input_size_limit=8192, output_size_limit=262144, should_fold=should_fold
+                ),
+                rewriter.RewritePass(rules),
+                common_passes.RemoveUnusedNodesPass(),
+                common_passes.RemoveUnusedFunctionsPass(),
+                common_passes.RemoveUnusedOpsetsPass(),
+            ],
+            steps=2,
+            early_stop=True,
+        ),
+        common_passes.RemoveUnusedNodesPass(),
+        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common_passes.LiftSubgraphInitializersToMainGraphPass(),
+        common_passes.CommonSubexpressionEliminationPass(),
+        common_passes.OutputFixPass(),
+        common_passes.NameFixPass(),
+    )
+    with _quiet_exporter():
+        passes(ir_model)
+
+
+def trace_model(model: nn.Module, target: str = "onnx", inplace: bool = False) -> tuple[Any, Target | None, int]:
+    """Trace ``model`` and lower its quantized linears for ``target``; returns the optimised
+    onnx_ir model (node scope metadata kept), the target and the number of folded INT4 tensors."""
     spec: Target | None = None
     if isinstance(model, QuantizedWan):
         if target == "float":
@@ -247,13 +280,10 @@ def export_onnx(
         if target != "float":
             raise ValueError(f"target {target!r} needs a quantized model")
         exported, config = model, model.config
-    args = example_inputs(config)
-    bar = tqdm(total=4, desc="export", disable=not progress, leave=False)
-    bar.set_postfix_str("tracing and lowering")
     with _quiet_exporter():
         program = torch.onnx.export(
             _Positional(exported).eval(),
-            args,
+            example_inputs(config),
             dynamo=True,
             opset_version=OPSET,
             input_names=list(INPUT_NAMES),
@@ -267,14 +297,15 @@ def export_onnx(
         )
     ir_model = program.model
     folded = spec.hook("post_process")(ir_model) if spec and spec.post_process else 0
-    bar.update()
-    bar.set_postfix_str("optimising")
-    import onnxscript
+    optimize_graph(ir_model)
+    return ir_model, spec, folded
 
-    with _quiet_exporter():
-        onnxscript.optimizer.optimize(ir_model)
-    bar.update()
-    bar.set_postfix_str("saving")
+
+def save_model(ir_model: Any, out_dir: Path, check: bool = True, progress: bool = False) -> tuple[Path, Path | None]:
+    """Write ``model.onnx`` (+ ``model.onnx.data`` above the protobuf limit) and check it."""
+    import onnx
+    import onnx_ir as ir
+
     _compact_node_metadata(ir_model)
     ir_model.ir_version = IR_VERSION
     ir_model.producer_name = "qvgen-export"
@@ -282,21 +313,52 @@ def export_onnx(
     data_path: Path | None = None
     if _initializer_bytes(ir_model) > EXTERNAL_DATA_THRESHOLD:
         data_path = out_dir / DATA_FILE
-        ir.save(ir_model, onnx_path, external_data=DATA_FILE)
+        total = len(ir_model.graph.initializers)
+        with tqdm(total=total, desc="saving weights", unit="tensor", disable=not progress, leave=False) as bar:
+            # One writer: lazily materialised initializers (the block stitcher's) are produced in order.
+            ir.save(ir_model, onnx_path, external_data=DATA_FILE, max_workers=1, callback=lambda t, i: bar.update())
     else:
         ir.save(ir_model, onnx_path)
-    bar.update()
-    bar.set_postfix_str("checking")
     if check:
         # full_check runs strict shape inference too; by path so external data is fine.
         onnx.checker.check_model(str(onnx_path), full_check=True)
+    return onnx_path, data_path
+
+
+def export_onnx(
+    model: nn.Module,
+    out_dir: Path,
+    target: str = "onnx",
+    check: bool = True,
+    progress: bool = False,
+    inplace: bool = False,
+) -> ExportResult:
+    """Export ``model`` into ``out_dir`` (which must exist and be empty; see ``pipeline``).
+
+    ``model`` is a :class:`QuantizedWan` for a registered target (frozen to its export form; a
+    deep copy unless ``inplace``, which saves a second copy of a large model's weights) or a
+    float ``WanTransformer3DModel`` for ``target='float'``.
+    """
+    t0 = time.perf_counter()
+    bar = tqdm(total=2, desc="export", disable=not progress, leave=False)
+    bar.set_postfix_str("tracing, lowering, optimising")
+    ir_model, spec, folded = trace_model(model, target, inplace)
+    bar.update()
+    bar.set_postfix_str("saving and checking")
+    onnx_path, data_path = save_model(ir_model, out_dir, check, progress)
     bar.update()
     bar.close()
+    return result_of(ir_model, spec, onnx_path, data_path, time.perf_counter() - t0, folded)
+
+
+def result_of(
+    ir_model: Any, spec: Target | None, onnx_path: Path, data_path: Path | None, seconds: float, folded: int
+) -> ExportResult:
     quant_nodes = sum(1 for n in ir_model.graph if spec and n.op_type == spec.quant_node)
     return ExportResult(
         onnx_path=onnx_path,
         data_path=data_path,
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
         num_quant_nodes=quant_nodes,
         num_int4_initializers=folded,
         inputs={v.name: _shape_list(v) for v in ir_model.graph.inputs},

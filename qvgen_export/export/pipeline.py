@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qvgen_export.checkpoint import load_quantized_model
+from qvgen_export.checkpoint.format import read_info
 from qvgen_export.export.manifest import sha256_file, write_manifest
-from qvgen_export.export.onnx_export import IR_VERSION, OPSET, export_onnx
+from qvgen_export.export.onnx_export import IR_VERSION, OPSET
 from qvgen_export.targets import TARGETS, get_target
 from qvgen_export.utils.atomic import atomic_dir, ensure_writable_dir
 
@@ -39,11 +39,14 @@ def export_checkpoint(
     ensure_writable_dir(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir}: already exists (use --overwrite to replace it)")
-    model, info = load_quantized_model(ckpt)
+    # Header checks only; every tensor's values are checked as the export reads it (once).
+    info, tensors = read_info(ckpt, check_values=False)
     spec.hook("check_config")(info.quant_config)
+    from qvgen_export.export.block_stitch import export_checkpoint_blocks
+
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        # The model was loaded for this export alone: freeze it in place rather than copy it.
-        result = export_onnx(model, tmp, target=target, progress=progress, inplace=True)
+        # Three blocks traced, the rest instantiated from the file block by block (block_stitch.py).
+        result = export_checkpoint_blocks(info, tensors, tmp, target, progress=progress)
         fields: dict[str, Any] = {
             "format": EXPORT_FORMAT,
             "target": target,
