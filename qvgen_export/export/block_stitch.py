@@ -190,15 +190,16 @@ def stitch_blocks(ir_model: Any, num_blocks: int, source: _BlockTensors) -> int:
             f"block {last} takes {len(carried_in)} values from block {last - 1} and gives {len(outputs)} "
             f"(to {', '.join(users)})"
         )
+    # A template input that is another block's (or a named model) weight would be shared by every
+    # clone: refuse rather than export a wrong model (small anonymous constants are fine to share).
     for v in (v for n in template for v in n.inputs):
         if (
             v is not None
             and v.is_initializer()
+            and v.name.startswith("model.")
             and not v.name.startswith(f"{_PREFIX}{last}.")
-            and not (v.const_value is not None and v.const_value.size <= 64)
         ):
-            if v.name.startswith(_PREFIX) or v.name.startswith("model."):
-                raise StitchError(f"block {last} reads the weight {v.name} of another block")
+            raise StitchError(f"block {last} reads the weight {v.name} of another block")
     template_inits = {
         v.name: v for n in template for v in n.inputs if v is not None and v.name.startswith(f"{_PREFIX}{last}.")
     }
