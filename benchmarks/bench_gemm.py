@@ -120,8 +120,10 @@ def bench_shape(m: int, k: int, n: int, warmup: int, iters: int, device: str = "
     # CUTLASS sm_90a path from packed operands, i.e. with both unpacks per call).
     from qvgen_export.native import _lib
 
-    wgmma = device == "cuda" and bool(_lib.cuda_library().qvgen_cuda_has_wgmma()) and (
-        torch.cuda.get_device_capability(dev) == (9, 0)
+    wgmma = (
+        device == "cuda"
+        and bool(_lib.cuda_library().qvgen_cuda_has_wgmma())
+        and (torch.cuda.get_device_capability(dev) == (9, 0))
     )
     paths = ["auto", "mma_u4", "imma_u8"] + (["wgmma_u8"] if wgmma else []) if device == "cuda" else ["auto"]
     for p in paths:

@@ -305,7 +305,9 @@ def unpack_u8(q: torch.Tensor, k: int) -> torch.Tensor:
     out = torch.empty(q.shape[0], ld8, dtype=torch.uint8, device=q.device)
     lib = _lib.cuda_library()
     with torch.cuda.device(q.device):
-        status = lib.qvgen_cuda_unpack_u8(q.data_ptr(), q.shape[1], q.shape[0], k, out.data_ptr(), ld8, _stream(q.device))
+        status = lib.qvgen_cuda_unpack_u8(
+            q.data_ptr(), q.shape[1], q.shape[0], k, out.data_ptr(), ld8, _stream(q.device)
+        )
         _lib.check(lib, "qvgen_cuda", "unpack_u8", status)
     return out
 
@@ -324,10 +326,31 @@ def gemm_u8(
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """:func:`gemm` over byte codes on the CUTLASS wgmma path (sm_90 build with CUTLASS only)."""
+    if out_dtype not in _Y_DTYPES:
+        raise TypeError(f"out_dtype must be one of {list(_Y_DTYPES)}, got {out_dtype}")
     dev = qx8.device
+    if dev.type != "cuda":
+        raise ValueError("gemm_u8 is CUDA only")
+    for name, t in (("qx8", qx8), ("qw8", qw8)):
+        if t.dtype != torch.uint8 or t.dim() != 2 or not t.is_contiguous() or t.device != dev:
+            raise ValueError(f"{name} must be a contiguous 2-D uint8 tensor on {dev}")
     m, n = qx8.shape[0], qw8.shape[0]
-    y = torch.empty(m, n, dtype=out_dtype, device=dev)
     raw = out_dtype == torch.int32
+    if not raw:
+        for name, t, rows, dt in (
+            ("x_scale", x_scale, m, torch.float32),
+            ("x_zero", x_zero, m, torch.int32),
+            ("x_sum", x_sum, m, torch.int32),
+            ("w_scale", w_scale, n, torch.float32),
+            ("w_zero", w_zero, n, torch.float32),
+            ("w_sum", w_sum, n, torch.int32),
+        ):
+            if t is None:
+                raise ValueError(f"{name} is required unless out_dtype is torch.int32")
+            _require(t, name, dt, (rows,), dev)
+        if bias is not None:
+            _require(bias, "bias", torch.float32, (n,), dev)
+    y = torch.empty(m, n, dtype=out_dtype, device=dev)
     lib = _lib.cuda_library()
     with torch.cuda.device(dev):
         status = lib.qvgen_cuda_gemm_u8(

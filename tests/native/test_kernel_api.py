@@ -66,7 +66,10 @@ def test_reference_guards_k(native_libs: Path) -> None:
     for k, want in ((_lib.MAX_K, 0), (_lib.MAX_K + 1, 2)):
         ld = (k + 1) // 2
         # M = N = 0: nothing is read; only the argument checks run.
-        assert lib.qvgen_ref_gemm(None, ld, None, None, None, None, ld, None, None, None, None, 0, 0, k, None, 0, 0) == want
+        assert (
+            lib.qvgen_ref_gemm(None, ld, None, None, None, None, ld, None, None, None, None, 0, 0, k, None, 0, 0)
+            == want
+        )
         assert lib.qvgen_ref_act_quant(None, 0, 0, k, k, None, None, 1, 4, None, ld, None, None, None) == want
         assert lib.qvgen_ref_code_sums(None, ld, 0, k, None) == want
     assert b"QVGEN_MAX_K" in lib.qvgen_ref_last_error()
@@ -131,7 +134,9 @@ def test_wgmma_path_machine_code(native_libs: Path) -> None:
     if tools is None:
         pytest.skip("cuobjdump/nvdisasm not installed (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     exe, env = tools
-    sass = subprocess.run([exe, "-sass", "-arch", "sm_90a", str(so)], check=True, capture_output=True, text=True, env=env)
+    sass = subprocess.run(
+        [exe, "-sass", "-arch", "sm_90a", str(so)], check=True, capture_output=True, text=True, env=env
+    )
     igmma = re.findall(r"IGMMA\.\w+\.U8\.U8", sass.stdout)
     assert len(igmma) >= 4, "expected u8 x u8 IGMMA in each of the 4 epilogue variants"
 
