@@ -4,6 +4,7 @@
 #      path too on sm_90 when CUTLASS headers are present),
 #   2. the on-device self-test of every GEMM path (vs host-computed expected outputs),
 #   3. the GPU tests: pytest -m gpu tests/native (bit-exact vs the CPU reference),
+#   3b. a raw mma.sync u8/u4 rate probe (benchmarks/mma_probe.cu),
 #   4. bench_gemm.py at Wan 2.1 1.3B and 14B linear shapes (M = 32760) vs torch.matmul bf16
 #      (cuBLAS) and torch._int_mm (INT8), no end-to-end forward,
 # and prints ONE JSON line on stdout (logs go to build/gpu_check/logs/). Budget: < 8 minutes.
@@ -127,6 +128,17 @@ EOF
 selftest_rc=$?
 selftest_s=$(($(date +%s) - t0))
 
+# ---- 2b. raw mma.sync rate probe (u8 m16n8k32, u4 m16n8k64) ----------------------------------------
+t0=$(date +%s)
+probe_json="null"
+if timeout 120 nvcc -O3 "-arch=sm_$arch" "$repo/benchmarks/mma_probe.cu" -o "$build/mma_probe" \
+  >"$logs/mma_probe_build.log" 2>&1; then
+  probe_json=$(timeout 60 "$build/mma_probe" 2>>"$logs/mma_probe.log") || probe_json="null"
+fi
+[ -n "$probe_json" ] || probe_json="null"
+printf '%s\n' "$probe_json" >"$logs/mma_probe.json"
+probe_s=$(($(date +%s) - t0))
+
 # ---- 3. GPU tests --------------------------------------------------------------------------------
 t0=$(date +%s)
 tests_rc=0
@@ -148,12 +160,12 @@ bench_s=$(($(date +%s) - t0))
 
 # ---- one JSON line -------------------------------------------------------------------------------
 "$py" - "$logs" "$gpu_name" "$arch" "$cutlass_note" "$build_s" "$selftest_rc" "$selftest_s" "$tests_rc" \
-  "$tests_s" "$bench_rc" "$bench_s" "$(($(date +%s) - t_start))" <<'EOF'
+  "$tests_s" "$bench_rc" "$bench_s" "$(($(date +%s) - t_start))" "$probe_s" <<'EOF'
 import json, re, sys
 from pathlib import Path
 logs = Path(sys.argv[1])
 gpu, arch, cutlass = sys.argv[2], sys.argv[3], sys.argv[4]
-build_s, st_rc, st_s, t_rc, t_s, b_rc, b_s, total = map(int, sys.argv[5:13])
+build_s, st_rc, st_s, t_rc, t_s, b_rc, b_s, total, probe_s = map(int, sys.argv[5:14])
 def read_json(p):
     try:
         return json.loads(p.read_text())
@@ -168,7 +180,7 @@ if bench:
         for r in shapes:
             key = f"{model}:{r['K']}x{r['N']}"
             rows[key] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-                         if k.endswith(("_ms", "_tops", "_tflops", "_path", "_bits", "_packed")) or k.startswith("speedup")}
+                         if k.endswith(("_ms", "_tops", "_tflops", "_path", "_bits", "_packed")) or k.startswith(("speedup", "check_"))}
 selftest_ok = st_rc == 0 and selftest is not None and all(
     v == 0 for k, v in selftest.items() if k not in ("has_wgmma", "auto_path") and not (isinstance(v, str) and "status 2" in v))
 ok = selftest_ok and t_rc == 0 and b_rc == 0
@@ -177,7 +189,8 @@ out = {
     "build_s": build_s, "selftest": selftest, "selftest_s": st_s,
     "pytest_gpu": {"rc": t_rc, "summary": tail[0] if tail else None, "s": t_s},
     "bench": {"rc": b_rc, "s": b_s, "shapes": rows, "torch": (bench or {}).get("torch")},
-    "raw_rate_probe": "none (torch._int_mm and gemm_u8 at M=32760 stand in for the INT8 rate)",
+    "mma_sync_probe": read_json(logs / "mma_probe.json"), "mma_sync_probe_s": probe_s,
+    "wgmma_rate": "gemm_u8_tops in bench (the CUTLASS wgmma kernel at M=32760)",
 }
 print(json.dumps(out, separators=(",", ":")))
 sys.exit(0 if ok else 1)
