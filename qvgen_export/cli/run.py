@@ -1,11 +1,19 @@
-"""``qvgen-run``: text-to-video sampling with an exported model, and parity checks.
+"""``qvgen-run``: text-to-video sampling with an exported model or a checkpoint, and parity checks.
 
-Examples:
+Pixel-space models (the embedded tiny world, 3 channels) write GIFs, a labelled contact sheet and
+their latents. Latent-space models (real Wan, 16 channels) write their latents
+(``<tag>_latents.safetensors``), and the videos too when ``--vae`` names a local Wan VAE folder;
+parity then compares latents.
+
+examples:
   qvgen-run --model artifacts/wan_w4a4_onnx --prompt "a red circle moving right"
   qvgen-run --model artifacts/wan_w4a4_trt               # TensorRT engine if built and runnable, else ONNX Runtime
   qvgen-run --ckpt wan_w4a4.safetensors                  # PyTorch fake-quant reference
   qvgen-run --model artifacts/wan_w4a4_onnx --parity wan_w4a4.safetensors
   qvgen-run --model artifacts/wan_w4a4_trt --parity wan_w4a4.safetensors --reference ort:artifacts/wan_w4a4_onnx
+  # real Wan 2.1 (480p: 21 latent frames of 60x104), UMT5 embeddings computed beforehand
+  qvgen-run --ckpt wan14b_w4a4.safetensors --prompt-embeds embeds.safetensors \\
+      --frames 21 --height 60 --width 104 --vae Wan2.1-T2V-14B-Diffusers/vae
 """
 
 from __future__ import annotations
@@ -42,13 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--int4",
         action="store_true",
         help="with --ckpt: run real INT4 GEMMs through the native torch-int4 backend (CUDA kernels, or the "
-        "C++ reference on CPU; build with scripts/build_native.sh)",
+        "C++ reference on CPU; built from a source checkout with scripts/build_native.sh)",
     )
     p.add_argument("--frames", type=int, default=8, help="latent frames")
     p.add_argument("--height", type=int, default=32, help="latent height (multiple of the patch)")
     p.add_argument("--width", type=int, default=32, help="latent width (multiple of the patch)")
-    p.add_argument("--prompt-embeds", type=Path, help="safetensors with prompt_embeds [B,L,D] (real Wan: UMT5 outputs)")
-    p.add_argument("--out", type=Path, help="output folder (default: artifacts/run)")
+    p.add_argument(
+        "--prompt-embeds",
+        type=Path,
+        metavar="FILE",
+        help="safetensors with prompt_embeds [B,L,D] and optionally negative_prompt_embeds "
+        "(real Wan: UMT5 outputs); default: the tiny world's text encoder on --prompt",
+    )
+    p.add_argument(
+        "--vae",
+        type=Path,
+        metavar="DIR",
+        help="latent-space models: decode with this local diffusers AutoencoderKLWan folder (or a pipeline "
+        "folder holding vae/); without it only latents are written",
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: $QVGEN_ARTIFACTS/run, else artifacts/run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_sampling_args(p, steps=20)
     return p
@@ -73,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         backend = open_backend(args.model, args.backend)
         tag = {"onnxruntime": "onnx", "onnxruntime-trt": "trt_ort", "tensorrt": "trt"}.get(backend.name, backend.name)
     elif args.int4:
-        from qvgen_export.runtime.torch_int4 import load_int4_model
+        from qvgen_export.runtime.torch_int4 import load_int4_model, require_native_library
 
+        require_native_library()  # one line, before the checkpoint is read
         backend = TorchBackend(load_int4_model(args.ckpt), name="torch-int4")
         tag = "int4"
     else:
@@ -86,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     pt, ph, pw = cfg["patch_size"]
     if args.frames % pt or args.height % ph or args.width % pw:
         raise ValueError(f"--frames/--height/--width must be multiples of the patch size ({pt}, {ph}, {pw})")
-    shape = (int(cfg["in_channels"]), args.frames, args.height, args.width)
+    channels = int(cfg["in_channels"])
+    shape = (channels, args.frames, args.height, args.width)
     if args.prompt_embeds:
         pe, ne = load_prompt_embeds(args.prompt_embeds)
         prompts = [f"embeds_{i}" for i in range(pe.shape[0])]
@@ -96,12 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     spec = GenerationSpec(
         prompts, args.negative_prompt, shape, args.steps, args.guidance, args.scheduler, args.shift, args.seed
     )
-    if int(cfg["in_channels"]) != 3:
-        raise NotImplementedError(
-            "decoding latent-space models needs the Wan VAE, which this command does not load yet"
-        )
-    res = generate(Denoiser(backend), spec, pe, ne, out, tag, progress)
-    print(f"wrote {len(res['videos'])} videos, {res['contact_sheet']} and {res['latents']}", file=sys.stderr)
+    decoder = None
+    if args.vae:
+        from qvgen_export.runtime.video import wan_vae_decoder
+
+        if channels == 3:
+            raise ValueError("--vae decodes latent-space models; this model samples pixels (3 channels)")
+        decoder = wan_vae_decoder(args.vae)
+    res = generate(Denoiser(backend), spec, pe, ne, out, tag, progress, decoder=decoder)
+    if res["videos"]:
+        print(f"wrote {len(res['videos'])} videos, {res['contact_sheet']} and {res['latents']}", file=sys.stderr)
+    else:
+        print(f"wrote {res['latents']} ({channels}-channel latents; --vae DIR decodes them)", file=sys.stderr)
     if args.parity:
         from qvgen_export.checkpoint import load_quantized_model
         from qvgen_export.parity.report import SamplingSpec, run_parity, write_report

@@ -212,3 +212,25 @@ def load_int4_model(path: str | Path, device: str | torch.device | None = None) 
         model = model.to(device)
     convert_to_int4(model)
     return model
+
+
+def require_native_library(cuda: bool = False) -> None:
+    """Raise one ``FileNotFoundError`` line when the native INT4 library is absent.
+
+    A wheel does not ship the library (it is built per machine), nor ``scripts/build_native.sh``:
+    the line says where it was searched and how to get it, from a checkout or from an install.
+    """
+    from qvgen_export.native import _lib
+
+    name = _lib.CUDA_LIBRARY if cuda else _lib.REF_LIBRARY
+    if _lib.find_library(name) is not None:
+        return
+    searched = ", ".join(str(d) for d in _lib.library_dirs())
+    if _lib.BUILD_SCRIPT.is_file():
+        how = f"build it with `bash {_lib.BUILD_SCRIPT}`"
+    else:  # an installed package: the build script lives in the source repository
+        how = "build it from a qvgen-export source checkout with `bash scripts/build_native.sh`"
+    raise FileNotFoundError(
+        f"the native INT4 library {name} is not built (searched {searched}); {how}, "
+        "then set QVGEN_NATIVE_LIB_DIR to the folder holding it (build/native/lib)"
+    )

@@ -10,8 +10,9 @@ import torch
 
 from qvgen_export.utils.atomic import atomic_file
 
-# Pixel-space models (the tiny teacher) sample RGB in [-1, 1] directly; latent-space models
-# (real Wan) pass their VAE's decode here instead.
+# Latents [B, C, F, H, W] -> float frames [B, F', H', W', 3] in [0, 1]. Pixel-space models (the
+# tiny teacher) sample RGB in [-1, 1] directly (pixel_decode); latent-space models (real Wan)
+# use their VAE (wan_vae_decoder).
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -20,6 +21,34 @@ def pixel_decode(latents: torch.Tensor) -> torch.Tensor:
     if latents.shape[1] != 3:
         raise ValueError(f"pixel-space decoding needs 3 channels, got {latents.shape[1]}; pass a VAE decoder")
     return ((latents.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).contiguous()
+
+
+def wan_vae_decoder(folder: str | Path, dtype: torch.dtype = torch.float32) -> Decoder:
+    """The Wan VAE of a local diffusers folder (``AutoencoderKLWan``; a pipeline folder's ``vae/``
+    is found) as a :data:`Decoder`, with ``WanPipeline``'s latent de-normalisation."""
+    from diffusers import AutoencoderKLWan
+
+    p = Path(folder)
+    if (p / "vae" / "config.json").is_file():
+        p = p / "vae"
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (expected a local diffusers AutoencoderKLWan folder)")
+    try:
+        vae = AutoencoderKLWan.from_pretrained(str(p), torch_dtype=dtype, local_files_only=True).eval()
+    except (OSError, TypeError, KeyError) as e:
+        raise ValueError(f"{p}: not a loadable AutoencoderKLWan folder ({str(e).splitlines()[0]})") from None
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        c = vae.config.z_dim
+        if latents.shape[1] != c:
+            raise ValueError(f"the VAE in {p} decodes {c}-channel latents, the model samples {latents.shape[1]}")
+        mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1)
+        video = vae.decode((latents.float() * std + mean).to(dtype), return_dict=False)[0]
+        return pixel_decode(video.float())
+
+    return decode
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -41,18 +70,40 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 8, scale: int =
     return path
 
 
-def contact_sheet(videos: np.ndarray, path: str | Path, scale: int = 2) -> Path:
-    """``[B, F, H, W, 3]`` uint8 -> one PNG, a row per video, a column per frame."""
-    from PIL import Image
+def contact_sheet(
+    videos: np.ndarray, path: str | Path, scale: int = 2, labels: list[str] | None = None, title: str | None = None
+) -> Path:
+    """``[B, F, H, W, 3]`` uint8 -> one PNG, a row per video, a column per frame.
+
+    ``labels`` (one per row, e.g. the prompts) are written above each row and ``title`` (e.g. the
+    backend and scheme) above the sheet, in PIL's built-in font, so a sheet read on its own says
+    what it shows.
+    """
+    from PIL import Image, ImageDraw
 
     b, f, h, w, _ = videos.shape
-    sheet = np.full((b * (h + 2), f * (w + 2), 3), 255, dtype=np.uint8)
+    grid = np.full((b * (h + 2), f * (w + 2), 3), 255, dtype=np.uint8)
     for i in range(b):
         for j in range(f):
-            sheet[i * (h + 2) : i * (h + 2) + h, j * (w + 2) : j * (w + 2) + w] = videos[i, j]
-    img = Image.fromarray(sheet)
+            grid[i * (h + 2) : i * (h + 2) + h, j * (w + 2) : j * (w + 2) + w] = videos[i, j]
+    img = Image.fromarray(grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    if labels or title:
+        line = 14  # the built-in bitmap font is ~11 px high
+        row_h = (h + 2) * scale
+        head = line if title else 0
+        lab = line if labels else 0
+        canvas = Image.new("RGB", (max(img.width, 8), head + b * (row_h + lab)), "white")
+        draw = ImageDraw.Draw(canvas)
+        if title:
+            draw.text((2, 1), title, fill="black")
+        for i in range(b):
+            y = head + i * (row_h + lab)
+            if labels and i < len(labels):
+                draw.text((2, y + 1), labels[i], fill="black")
+            canvas.paste(img.crop((0, i * row_h, img.width, (i + 1) * row_h)), (0, y + lab))
+        img = canvas
     path = Path(path)
     with atomic_file(path) as tmp:
         img.save(tmp, format="PNG")
