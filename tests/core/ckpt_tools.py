@@ -76,7 +76,7 @@ def rewrite(
         return _rewrite_plain(src, dst, tensors_fn, meta_fn)
 
     with safe_open(str(src), framework="pt") as f:
-        meta = dict(f.metadata())
+        meta = dict(f.metadata() or {})
     tensors = load_file(str(src))
     if tensors_fn:
         tensors_fn(tensors)
@@ -98,7 +98,7 @@ def _rewrite_plain(src: Path, dst: Path, tensors_fn: Any, meta_fn: Any) -> Path:
     from safetensors.torch import save_file
 
     with safe_open(str(src), framework="pt") as f:
-        meta = dict(f.metadata())
+        meta = dict(f.metadata() or {})
     tensors = load_file(str(src))
     if tensors_fn:
         tensors_fn(tensors)

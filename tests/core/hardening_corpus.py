@@ -15,14 +15,17 @@ import contextlib
 import io
 import json
 import math
+import random
 import shutil
+import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckpt_tools import edit_header, edit_meta_json, read_raw, rewrite, write_raw
+from ckpt_tools import edit_header, edit_meta_json, read_raw, rehash_meta, rewrite, write_raw
 
 
 @dataclass
@@ -413,3 +416,64 @@ def build_corpus(ckpt: Path, export: Path, base_run: Path | None, work: Path) ->
         Case("export-out-under-file", "export", ["--ckpt", str(ckpt), "--out", str(blocker / "o")], str(blocker), work)
     )
     return cases
+
+
+# -- fuzz -----------------------------------------------------------------------------------------
+
+
+def _mutate(rng: random.Random, header: dict, data: bytes) -> tuple[dict, bytes]:
+    keys = [k for k in header if k != "__metadata__"]
+    kind = rng.randrange(7)
+    if kind == 0:  # a metadata JSON value replaced by a random typed value
+        meta = header["__metadata__"]
+        mk = rng.choice(["quant_config", "model_config", "layers"])
+        doc = json.loads(meta[mk])
+        vals = [0, -1, 1.5, 10**12, "x", None, True, [], {}, [1], float("nan")]
+        if isinstance(doc, dict) and doc:
+            doc[rng.choice(list(doc))] = rng.choice(vals)
+        elif isinstance(doc, list) and doc:
+            e = doc[rng.randrange(len(doc))]
+            e[rng.choice(list(e))] = rng.choice(vals)
+        meta[mk] = json.dumps(doc)
+        rehash_meta(meta)
+    elif kind == 1:
+        header[rng.choice(keys)]["dtype"] = rng.choice(["F32", "I32", "U8", "F16", "BF16", "I64", "BOOL", "F64"])
+    elif kind == 2:
+        k = rng.choice(keys)
+        header[k]["shape"] = [rng.choice([0, 1, 2, 3, 64, 10**9]) for _ in range(rng.randrange(4))]
+    elif kind == 3:
+        b = bytearray(data)
+        for _ in range(rng.randrange(1, 8)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        data = bytes(b)
+    elif kind == 4:
+        data = data[: rng.randrange(len(data))]
+    elif kind == 5:
+        k = rng.choice(keys)
+        a, b = header[k]["data_offsets"]
+        header[k]["data_offsets"] = [a + rng.randrange(-8, 9), b + rng.randrange(-8, 9)]
+    else:
+        header.pop(rng.choice(keys))
+    return header, data
+
+
+def run_fuzz(ckpt: Path, work: Path, n: int, seed: int) -> Counter:
+    from qvgen_export.checkpoint import CheckpointError, load_quantized_model
+
+    rng = random.Random(seed)
+    base_h, base_d = read_raw(ckpt)
+    out: Counter = Counter()
+    for i in range(n):
+        h, d = _mutate(rng, json.loads(json.dumps(base_h)), base_d)
+        p = write_raw(work / f"f{i % 4}.safetensors", h, d)
+        t0 = time.perf_counter()
+        try:
+            load_quantized_model(p)
+            out["accepted"] += 1
+        except CheckpointError:
+            out["CheckpointError"] += 1
+        except Exception as e:  # noqa: BLE001 (counted and reported)
+            out[type(e).__name__] += 1
+        if time.perf_counter() - t0 > 20:
+            out["slow"] += 1
+    return out

@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from ckpt_tools import read_raw, write_raw
-from hardening_corpus import build_corpus, score, train_toml
+from hardening_corpus import build_corpus, run_fuzz, score, train_toml
 
-from qvgen_export.checkpoint import CheckpointError, load_quantized_model
 from qvgen_export.utils.atomic import atomic_dir, atomic_file, clean_stale, leftovers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,64 +61,6 @@ def test_disk_full_during_export(tmp_path, w4a4_ckpt, capsys):
 
 
 # -- fuzz ----------------------------------------------------------------------------------------
-
-
-def _mutate(rng: random.Random, header: dict, data: bytes) -> tuple[dict, bytes]:
-    keys = [k for k in header if k != "__metadata__"]
-    kind = rng.randrange(7)
-    if kind == 0:  # a metadata JSON value replaced by a random typed value
-        meta = header["__metadata__"]
-        mk = rng.choice(["quant_config", "model_config", "layers"])
-        doc = json.loads(meta[mk])
-        vals = [0, -1, 1.5, 10**12, "x", None, True, [], {}, [1], float("nan")]
-        if isinstance(doc, dict) and doc:
-            doc[rng.choice(list(doc))] = rng.choice(vals)
-        elif isinstance(doc, list) and doc:
-            e = doc[rng.randrange(len(doc))]
-            e[rng.choice(list(e))] = rng.choice(vals)
-        meta[mk] = json.dumps(doc)
-        from ckpt_tools import rehash_meta
-
-        rehash_meta(meta)
-    elif kind == 1:
-        header[rng.choice(keys)]["dtype"] = rng.choice(["F32", "I32", "U8", "F16", "BF16", "I64", "BOOL", "F64"])
-    elif kind == 2:
-        k = rng.choice(keys)
-        header[k]["shape"] = [rng.choice([0, 1, 2, 3, 64, 10**9]) for _ in range(rng.randrange(4))]
-    elif kind == 3:
-        b = bytearray(data)
-        for _ in range(rng.randrange(1, 8)):
-            b[rng.randrange(len(b))] = rng.randrange(256)
-        data = bytes(b)
-    elif kind == 4:
-        data = data[: rng.randrange(len(data))]
-    elif kind == 5:
-        k = rng.choice(keys)
-        a, b = header[k]["data_offsets"]
-        header[k]["data_offsets"] = [a + rng.randrange(-8, 9), b + rng.randrange(-8, 9)]
-    else:
-        header.pop(rng.choice(keys))
-    return header, data
-
-
-def run_fuzz(ckpt: Path, work: Path, n: int, seed: int) -> Counter:
-    rng = random.Random(seed)
-    base_h, base_d = read_raw(ckpt)
-    out: Counter = Counter()
-    for i in range(n):
-        h, d = _mutate(rng, json.loads(json.dumps(base_h)), base_d)
-        p = write_raw(work / f"f{i % 4}.safetensors", h, d)
-        t0 = time.perf_counter()
-        try:
-            load_quantized_model(p)
-            out["accepted"] += 1
-        except CheckpointError:
-            out["CheckpointError"] += 1
-        except Exception as e:  # noqa: BLE001 (counted and reported)
-            out[type(e).__name__] += 1
-        if time.perf_counter() - t0 > 20:
-            out["slow"] += 1
-    return out
 
 
 def test_fuzz_only_checkpoint_error_escapes(tmp_path, w4a4_ckpt, capsys):
