@@ -1,0 +1,185 @@
+"""Real scale end to end: Wan 2.1 shapes through streaming PTQ, export and ONNX Runtime, vs plain torch.onnx.
+
+Usage (the runs committed under benchmarks/results/, on the 2-core machine):
+    python benchmarks/bench_scale.py --config 1.3b --out benchmarks/results/bench_scale_wan1_3b.json
+    python benchmarks/bench_scale.py --config 14b --blocks 4,8 --no-torch-export --no-ort \\
+        --out benchmarks/results/bench_scale_wan14b_depth.json
+
+For each depth a random bf16 diffusers folder with the real config is written
+(make_wan_folder.py), then every stage runs in its own process and reports its own wall time and
+peak RSS (``getrusage``), so one stage's memory never hides another's:
+- ``ptq``: ``ptq_quantize_folder`` (streaming, ``--ranges``; the full MSE search by default);
+- ``export_<target>``: ``qvgen_export.export.pipeline.export_checkpoint`` (3 traced blocks, the
+  rest instantiated block by block from the file, weights streamed to external data);
+- ``torch_export``: plain ``torch.onnx.export(dynamo=True)`` of the bf16 model loaded from the
+  folder, with the same example inputs and dynamic axes as the qvgen export, saved with external
+  data: the baseline of ``export_time_ratio``;
+- ``ort``: ONNX Runtime session on the qvgen onnx export: RSS growth of creating the session and
+  one forward at a small latent (1 frame of 16x16, 8 text tokens).
+Keys: ``size_ratio`` (W4A4 checkpoint bytes / bf16 safetensors bytes), ``export_time_ratio``
+(qvgen onnx export seconds / plain torch.onnx.export seconds), ``ort_memory_ratio`` (session RSS
+growth / ONNX files' bytes), and each stage's ``seconds`` and ``peak_rss_gib``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def _rss_gib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    torch.set_num_threads(int(args.get("threads", 2)))
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {}
+    if stage == "make":
+        sys.path.insert(0, str(HERE))
+        from make_wan_folder import WAN_CONFIGS, write_wan_folder
+
+        cfg = {**WAN_CONFIGS[args["config"]], "num_layers": args["blocks"]}
+        write_wan_folder(cfg, Path(args["folder"]))
+    elif stage == "ptq":
+        from qvgen_export import QuantConfig
+        from qvgen_export.quant.ptq_stream import ptq_quantize_folder
+
+        ptq_quantize_folder(args["folder"], args["ckpt"], QuantConfig.preset("w4a4"), args["ranges"])
+    elif stage == "export":
+        from qvgen_export.export.pipeline import export_checkpoint
+
+        fields = export_checkpoint(args["ckpt"], args["dir"], target=args["target"], overwrite=True)
+        out["nodes_quant"] = fields["num_quant_nodes"]
+        out["onnx_bytes"] = sum(f.stat().st_size for f in Path(args["dir"]).glob("model.onnx*"))
+    elif stage == "torch_export":
+        from qvgen_export.artifact.contract import INPUT_NAMES, OUTPUT_NAMES, axis_dims
+        from qvgen_export.export.onnx_export import _Positional, _quiet_exporter, example_inputs
+        from qvgen_export.models.wan import load_diffusers_transformer
+
+        model = load_diffusers_transformer(args["folder"], dtype=torch.bfloat16).eval()
+        t_load = time.perf_counter() - t0
+        inputs = tuple(t.to(torch.bfloat16) if t.is_floating_point() else t for t in example_inputs(model.config))
+        t1 = time.perf_counter()
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                _Positional(model),
+                inputs,
+                dynamo=True,
+                opset_version=21,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=axis_dims(model.config),
+                optimize=True,
+            )
+        out["trace_optimize_seconds"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        Path(args["dir"]).mkdir(parents=True, exist_ok=True)
+        program.save(str(Path(args["dir"]) / "model.onnx"), external_data=True)
+        out["save_seconds"] = time.perf_counter() - t2
+        out["load_seconds"] = t_load
+        out["onnx_bytes"] = sum(f.stat().st_size for f in Path(args["dir"]).iterdir())
+    elif stage == "ort":
+        import numpy as np
+
+        from qvgen_export.runtime.backends import OrtBackend
+
+        before = _rss_gib()
+        backend = OrtBackend(args["dir"])
+        out["session_rss_gib"] = _rss_gib() - before
+        cfg = backend.model_config
+        g = np.random.default_rng(0)
+        x = torch.from_numpy(g.standard_normal((1, cfg["in_channels"], 1, 16, 16), dtype=np.float32))
+        e = torch.from_numpy(g.standard_normal((1, 8, cfg["text_dim"]), dtype=np.float32))
+        t1 = time.perf_counter()
+        backend.run(x, torch.tensor([500.0]), e)
+        out["forward_seconds"] = time.perf_counter() - t1
+        out["forward_shape"] = [1, cfg["in_channels"], 1, 16, 16]
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return out
+
+
+def _run(stage: str, **args: Any) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--stage", stage, "--args", json.dumps(args, default=str)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"stage {stage} failed: {res.stderr.strip().splitlines()[-3:]}")
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+    print(f"  {stage:14s} {json.dumps(shown)}", flush=True)
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", help=argparse.SUPPRESS)
+    ap.add_argument("--args", help=argparse.SUPPRESS)
+    ap.add_argument("--config", default="1.3b", choices=("1.3b", "14b"))
+    ap.add_argument("--blocks", default="", help="comma-separated depths (default: the real depth)")
+    ap.add_argument("--targets", default="onnx,trt", help="export targets to measure")
+    ap.add_argument("--ranges", default="mse", choices=("minmax", "mse"), help="PTQ weight ranges")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-torch-export", action="store_true", help="skip the plain torch.onnx.export baseline")
+    ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime session")
+    ap.add_argument("--work", type=Path, default=Path("artifacts/bench_scale"))
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_scale_wan1_3b.json")
+    a = ap.parse_args(argv)
+    if a.stage:
+        print(json.dumps(_child(a.stage, json.loads(a.args))))
+        return 0
+    sys.path.insert(0, str(HERE))
+    from make_wan_folder import WAN_CONFIGS
+
+    depths = [int(b) for b in a.blocks.split(",") if b.strip()] or [int(WAN_CONFIGS[a.config]["num_layers"])]
+    result: dict[str, Any] = {"command": " ".join(["python", "benchmarks/bench_scale.py", *(argv or sys.argv[1:])])}
+    result.update({"config": a.config, "ranges": a.ranges, "threads": a.threads, "runs": {}})
+    for blocks in depths:
+        tag = f"wan{a.config}_{blocks}blk"
+        folder, ckpt = a.work / tag, a.work / f"{tag}_w4a4.safetensors"
+        shutil.rmtree(folder, ignore_errors=True)
+        a.work.mkdir(parents=True, exist_ok=True)
+        print(f"{a.config}, {blocks} blocks:", flush=True)
+        run: dict[str, Any] = {"make": _run("make", config=a.config, blocks=blocks, folder=folder)}
+        run["bf16_bytes"] = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        run["ptq"] = _run("ptq", folder=folder, ckpt=ckpt, ranges=a.ranges, threads=a.threads)
+        run["ckpt_bytes"] = ckpt.stat().st_size
+        run["size_ratio"] = run["ckpt_bytes"] / run["bf16_bytes"]
+        for target in [t for t in a.targets.split(",") if t]:
+            run[f"export_{target}"] = _run("export", ckpt=ckpt, dir=a.work / f"{tag}_{target}", target=target)
+        if not a.no_torch_export:
+            run["torch_export"] = _run("torch_export", folder=folder, dir=a.work / f"{tag}_torch", threads=a.threads)
+            shutil.rmtree(a.work / f"{tag}_torch", ignore_errors=True)
+            if "export_onnx" in run:
+                run["export_time_ratio"] = run["export_onnx"]["seconds"] / run["torch_export"]["seconds"]
+        if not a.no_ort and "export_onnx" in run:
+            run["ort"] = _run("ort", dir=a.work / f"{tag}_onnx", threads=a.threads)
+            run["ort_memory_ratio"] = run["ort"]["session_rss_gib"] * 2**30 / run["export_onnx"]["onnx_bytes"]
+        result["runs"][str(blocks)] = run
+        for target in a.targets.split(","):
+            shutil.rmtree(a.work / f"{tag}_{target}", ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        ckpt.unlink(missing_ok=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
