@@ -2,8 +2,10 @@
 
 Usage (the runs committed under benchmarks/results/, on the 2-core machine):
     python benchmarks/bench_scale.py --config 1.3b --out benchmarks/results/bench_scale_wan1_3b.json
-    python benchmarks/bench_scale.py --config 14b --blocks 4,8 --no-torch-export --no-ort \\
+    python benchmarks/bench_scale.py --config 14b --blocks 4,8 --ranges minmax --no-torch-export --no-ort \\
         --out benchmarks/results/bench_scale_wan14b_depth.json
+    python benchmarks/bench_scale.py --config 1.3b --blocks 4 --ranges minmax --no-torch-export --equivalence \\
+        --out benchmarks/results/bench_scale_wan1_3b_equivalence.json
 
 For each depth a random bf16 diffusers folder with the real config is written
 (make_wan_folder.py), then every stage runs in its own process and reports its own wall time and
@@ -94,6 +96,38 @@ def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
         out["save_seconds"] = time.perf_counter() - t2
         out["load_seconds"] = t_load
         out["onnx_bytes"] = sum(f.stat().st_size for f in Path(args["dir"]).iterdir())
+    elif stage == "equivalence":
+        # The stitched export (already written) against a direct export of the whole model.
+        from collections import Counter
+
+        import numpy as np
+        import onnx
+
+        from qvgen_export.checkpoint import load_quantized_model
+        from qvgen_export.export.onnx_export import export_onnx
+        from qvgen_export.export.pipeline import ORT_SESSION_CONFIG
+        from qvgen_export.runtime.backends import ort_session
+
+        model, _ = load_quantized_model(args["ckpt"])
+        direct = Path(args["direct"])
+        direct.mkdir(parents=True, exist_ok=True)
+        path = export_onnx(model, direct, target=args["target"], inplace=True).onnx_path
+        del model
+        stitched = Path(args["dir"]) / "model.onnx"
+        a, b = onnx.load(str(stitched), load_external_data=False), onnx.load(str(path), load_external_data=False)
+        out["same_op_counts"] = Counter(n.op_type for n in a.graph.node) == Counter(n.op_type for n in b.graph.node)
+        out["nodes"] = [len(a.graph.node), len(b.graph.node)]
+        cfg = json.loads((Path(args["dir"]) / "manifest.json").read_text())["model_config"]
+        g = np.random.default_rng(0)
+        feed = {
+            "hidden_states": g.standard_normal((1, cfg["in_channels"], 1, 16, 16), dtype=np.float32),
+            "timestep": np.array([500.0], dtype=np.float32),
+            "encoder_hidden_states": g.standard_normal((1, 8, cfg["text_dim"]), dtype=np.float32),
+        }
+        ys = [ort_session(f, ORT_SESSION_CONFIG, target=args["target"]).run(None, feed)[0] for f in (stitched, path)]
+        out["max_abs_diff"] = float(np.abs(ys[0] - ys[1]).max())
+        out["output_scale"] = float(np.abs(ys[1]).max())
+        shutil.rmtree(direct, ignore_errors=True)
     elif stage == "ort":
         import numpy as np
 
@@ -137,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-torch-export", action="store_true", help="skip the plain torch.onnx.export baseline")
     ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime session")
+    ap.add_argument(
+        "--equivalence", action="store_true", help="also export each target directly (whole model) and compare"
+    )
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_scale"))
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_scale_wan1_3b.json")
     a = ap.parse_args(argv)
@@ -162,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         run["size_ratio"] = run["ckpt_bytes"] / run["bf16_bytes"]
         for target in [t for t in a.targets.split(",") if t]:
             run[f"export_{target}"] = _run("export", ckpt=ckpt, dir=a.work / f"{tag}_{target}", target=target)
+            if a.equivalence:
+                run[f"equivalence_{target}"] = _run(
+                    "equivalence",
+                    ckpt=ckpt,
+                    dir=a.work / f"{tag}_{target}",
+                    direct=a.work / f"{tag}_direct",
+                    target=target,
+                )
         if not a.no_torch_export:
             run["torch_export"] = _run("torch_export", folder=folder, dir=a.work / f"{tag}_torch", threads=a.threads)
             shutil.rmtree(a.work / f"{tag}_torch", ignore_errors=True)
