@@ -108,7 +108,22 @@ def cli_entry(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callab
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Descriptions kept as written; ``(default: X)`` only where it tells something: not for
+    flags, ``None`` defaults, or help texts that already state their default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            action.default is None
+            or action.default is False  # store_true flags (``is``: a default of 0 is shown)
+            or action.default is argparse.SUPPRESS
+            or (isinstance(action.default, (str, list, tuple)) and len(action.default) == 0)
+            or "default" in text.lower()
+            or action.option_strings in (["-h", "--help"],)
+            or not action.option_strings
+        ):
+            return text
+        return super()._get_help_string(action)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, steps: int = 20) -> None:

@@ -28,6 +28,11 @@ and the plugin library (plugins/trt, docs/tensorrt.md) are present. Where one is
 complete plugin-graph folder is still written, one line says what is missing, and the exit
 code is {EXIT_ENGINE_UNAVAILABLE}; build the engine later on a GPU machine with qvgen-build-engine.
 
+examples:
+  qvgen-export --ckpt wan_w4a4.safetensors --target onnx --out artifacts/wan_w4a4_onnx
+  qvgen-export --ckpt wan_w4a4.safetensors --target trt --profile 480p,batch=1:2:2
+  qvgen-export --ckpt wan_w4a4.safetensors --target trt --no-engine   # plugin graph only
+
 exit codes: 0 done, 2 bad input (one line names the file and the problem),
 {EXIT_ENGINE_UNAVAILABLE} folder written but no engine built (TensorRT/GPU/plugin library missing).
 """

@@ -1,6 +1,7 @@
 """``qvgen-eval``: sample a fixed prompt set from the float teacher and quantized models, and
 report what quantization costs (metrics, PSNR/SSIM vs float, per-timestep denoiser error).
 
+examples:
     qvgen-eval --ptq w8a8,w4a4,w3a3 --out artifacts/eval
     qvgen-eval --checkpoint qvgen=runs/w4a4.safetensors --out artifacts/eval_qat
 
@@ -20,7 +21,11 @@ SCHEMES_HELP = "comma-separated PTQ schemes of the float teacher, e.g. w8a8,w4a4
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="qvgen-eval", description=__doc__.split("\n\n")[0])
+    from qvgen_export.cli.common import HelpFormatter
+
+    ap = argparse.ArgumentParser(
+        prog="qvgen-eval", description=__doc__.replace("``", ""), formatter_class=HelpFormatter
+    )
     ap.add_argument("--teacher", default=None, help="tiny-teacher .safetensors (default: the embedded one)")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH", help="a quantized checkpoint")
     ap.add_argument("--ptq", default="", help=SCHEMES_HELP)
@@ -32,7 +37,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the teacher's setting)")
     ap.add_argument("--out", default="artifacts/eval", help="output directory")
     ap.add_argument("--gifs", action="store_true", help="also write one GIF per video")
-    ap.add_argument("--no-progress", action="store_true")
+    # --quiet as in every qvgen command; --no-progress kept for existing scripts
+    ap.add_argument("--quiet", "--no-progress", dest="no_progress", action="store_true", help="no progress bars")
     return ap.parse_args(argv)
 
 

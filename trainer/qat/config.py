@@ -114,7 +114,7 @@ class TrainConfig:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
 
     def rank_decay(self) -> Any:
-        from trainer.qat.rank_decay import RankDecaySchedule
+        from .rank_decay import RankDecaySchedule
 
         return RankDecaySchedule(self.steps, self.phi_rank, self.decay_lambda, self.final_phase_frac)
 

@@ -106,7 +106,7 @@ class CacheSource:
     """Pre-encoded latents and text embeddings from a cache folder (``cache.py``)."""
 
     def __init__(self, path: str, seed: int) -> None:
-        from trainer.qat.cache import LatentCache
+        from .cache import LatentCache
 
         self.cache = LatentCache(path)
         # A seeded permutation of the cache decides which record sample g reads, so epochs are

@@ -22,13 +22,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qvgen_export.quant.modules import QuantizedWan
-from trainer.qat import distributed as D
-from trainer.qat.config import TrainConfig
-from trainer.qat.data import BatchMaker, CacheSource, TinySource
-from trainer.qat.methods import SPECS, Student, build_student, merge_loras, param_group_of
-from trainer.qat.objectives import distillation_loss, flow_matching_loss
-from trainer.qat.phi import small_singular_share
-from trainer.qat.state import latest_state, load_state, read_state, save_state
+
+from . import distributed as D
+from .config import TrainConfig
+from .data import BatchMaker, CacheSource, TinySource
+from .methods import SPECS, Student, build_student, merge_loras, param_group_of
+from .objectives import distillation_loss, flow_matching_loss
+from .phi import small_singular_share
+from .state import latest_state, load_state, read_state, save_state
 
 
 @dataclasses.dataclass

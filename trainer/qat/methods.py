@@ -25,8 +25,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear
-from trainer.qat.config import Method
-from trainer.qat.phi import Phi, attach_phis, detach_phis, phi_key
+
+from .config import Method
+from .phi import Phi, attach_phis, detach_phis, phi_key
 
 
 @dataclasses.dataclass(frozen=True)

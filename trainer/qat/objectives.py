@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from trainer.qat.data import Batch
+from .data import Batch
 
 
 def distillation_loss(student: Callable[..., torch.Tensor], teacher: torch.nn.Module, batch: Batch) -> torch.Tensor:
