@@ -170,7 +170,7 @@ def ptq_quantize(
 
 def quantize(
     model: nn.Module,
-    config: QuantConfig | str,
+    config: QuantConfig | str | dict[str, Any],
     forward_loop: Callable[[QuantizedWan], Any] | None = None,
     *,
     weight_ranges_method: str = "mse",
@@ -181,15 +181,21 @@ def quantize(
     so peak memory is two models; for models that do not fit twice use :func:`ptq_quantize`,
     in place, or ``ptq_stream.ptq_quantize_folder``, layer by layer from disk).
 
-    ``config``: a :class:`QuantConfig` or a preset name (``"w4a4"``, ``"w3a3"``, ``"w8a8"``).
+    ``config``: a :class:`QuantConfig`, a preset name (``"w4a4"``, ``"w3a3"``, ``"w8a8"``) or a
+    ``QuantConfig.to_dict()`` dict (ModelOpt's configs are dicts too, with other keys).
     ``forward_loop``: called once as ``forward_loop(qmodel)`` to calibrate the activation clips
     on whatever it runs through ``qmodel`` (as ``mtq.quantize``'s ``forward_loop``); e.g.
     ``lambda m: WanPipeline(..., transformer=m)(prompts, num_inference_steps=10)``. Without it,
     the QVGen initialisation only (MSE weight ranges, initial clips). The result is in eval mode.
     """
-    qconfig = QuantConfig.preset(config) if isinstance(config, str) else config
-    if not isinstance(qconfig, QuantConfig):
-        raise TypeError(f"config must be a QuantConfig or a preset name, got {type(config).__name__}")
+    if isinstance(config, str):
+        qconfig = QuantConfig.preset(config)
+    elif isinstance(config, dict):
+        qconfig = QuantConfig.from_dict(config)
+    elif isinstance(config, QuantConfig):
+        qconfig = config
+    else:
+        raise TypeError(f"config must be a QuantConfig, a preset name or a dict, got {type(config).__name__}")
     if isinstance(model, QuantizedWan) or any(isinstance(m, QuantLinear) for m in model.modules()):
         raise ValueError("the model is already quantized")
     qmodel = ptq_quantize(copy.deepcopy(model), qconfig, progress=False, weight_ranges_method=weight_ranges_method)

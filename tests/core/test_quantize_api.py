@@ -50,6 +50,14 @@ def test_forward_loop_calibrates_clips(float_model, sample_inputs):
     assert changed and changed <= groups
 
 
+def test_config_forms(float_model, sample_inputs):
+    cfg = QuantConfig.preset("w3a3")
+    outs = [_run(quantize(float_model, c), sample_inputs) for c in (cfg, "w3a3", cfg.to_dict())]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    with pytest.raises(TypeError, match="QuantConfig"):
+        quantize(float_model, 4)
+
+
 def test_forward_loop_that_never_runs_the_model_is_an_error(float_model):
     with pytest.raises(ValueError, match="never called"):
         quantize(float_model, "w4a4", forward_loop=lambda m: None)
