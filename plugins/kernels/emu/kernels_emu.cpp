@@ -158,6 +158,7 @@ void run_grid_sequential(dim3 grid, dim3 block, Fn fn) {
 inline float __fmaf_rn(float a, float b, float c) { return std::fmaf(a, b, c); }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __frcp_rn(float a) { return 1.0f / a; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __int2float_rn(int i) { return static_cast<float>(i); }
@@ -228,13 +229,26 @@ int code_at(const uint8_t* row, int64_t k) { return (row[k >> 1] >> ((k & 1) * 4
 
 // Activation quantization: emulated kernel vs the CPU reference library, byte for byte.
 template <typename T, bool BYTES = false>
-int64_t check_act_quant(int dtype, int64_t M, int64_t K, int64_t ldx, int bits, int64_t T_, bool constant, Lcg& rng) {
+// mode 0: random values; 1: constant rows; 2: near-ties of x / scale (values within 4 ulps of
+// (n + 0.5) * scale, where x * (1/scale) and x / scale can round differently).
+int64_t check_act_quant(int dtype, int64_t M, int64_t K, int64_t ldx, int bits, int64_t T_, int mode, Lcg& rng) {
+  const bool constant = mode == 1;
   const int64_t B = (M + T_ - 1) / T_;
   std::vector<T> x(static_cast<size_t>(M * ldx));
   for (int64_t m = 0; m < M; ++m) {
     const float base = (rng.uniform() - 0.5f) * 4.0f;
     for (int64_t k = 0; k < ldx; ++k) {
-      const float v = constant ? base : (rng.uniform() - 0.5f) * 8.0f;
+      float v = constant ? base : (rng.uniform() - 0.5f) * 8.0f;
+      if (mode == 2) {
+        // Row max hi, min 0, clip 1 -> scale s = fl(hi / qmax); values within +-4 ulps of
+        // (n + 0.5) * s, where fl(x * fl(1/s)) and fl(x / s) often round to different integers.
+        const float hi = 1.0f + static_cast<float>(m + 1) * 0.0371f;
+        const float sc = hi / static_cast<float>((1 << bits) - 1);
+        v = k == 0 ? hi : k == 1 ? 0.0f : static_cast<float>(k % ((1 << bits) - 1)) * sc + 0.5f * sc;
+        for (int64_t d = (k / 15) % 9 - 4; d != 0 && k > 1; d += d > 0 ? -1 : 1)
+          v = std::nextafter(v, d > 0 ? 100.0f : -100.0f);
+        if (v > hi) v = hi;
+      }
       if constexpr (sizeof(T) == 4) {
         x[static_cast<size_t>(m * ldx + k)] = v;
       } else if constexpr (std::is_same_v<T, __half>) {
@@ -248,6 +262,7 @@ int64_t check_act_quant(int dtype, int64_t M, int64_t K, int64_t ldx, int bits, 
   for (int64_t b = 0; b < B; ++b) {
     clo[b] = b == 1 ? 0.0f : 0.5f + 0.5f * rng.uniform();  // sample 1 (if any): clip 0, scale floor
     chi[b] = b == 1 ? 0.0f : 0.5f + 0.5f * rng.uniform();
+    if (mode == 2) clo[b] = chi[b] = 1.0f;
   }
   const int64_t ldq = ((K + 1) / 2 + 15) / 16 * 16;
   const int64_t ld8 = (K + 15) / 16 * 16;  // byte containers (BYTES)
@@ -281,7 +296,7 @@ int64_t check_act_quant(int dtype, int64_t M, int64_t K, int64_t ldx, int bits, 
   }
   std::printf("act_quant%s dtype=%d M=%lld K=%lld ldx=%lld bits=%d vec=%d%s: %lld mismatches\n", BYTES ? "_u8" : "", dtype,
               static_cast<long long>(M), static_cast<long long>(K), static_cast<long long>(ldx), bits, vec ? 1 : 0,
-              constant ? " constant rows" : "", static_cast<long long>(bad));
+              mode == 1 ? " constant rows" : mode == 2 ? " ties" : "", static_cast<long long>(bad));
   return bad;
 }
 
@@ -411,20 +426,24 @@ int main() {
   int64_t bad = 0;
   // Activation quantizer: vector and scalar load paths, odd K, K = 1, constant rows, 2..4 bits,
   // several samples per batch (sample 1 with clip 0).
-  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 6, 1536, 1536, 4, 2, false, rng);
-  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 5, 67, 70, 4, 5, false, rng);
-  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 3, 1, 1, 3, 1, false, rng);
-  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 4, 40, 40, 4, 2, true, rng);
-  bad += check_act_quant<__half>(QVGEN_DTYPE_F16, 4, 1001, 1003, 4, 1, false, rng);
-  bad += check_act_quant<__half>(QVGEN_DTYPE_F16, 4, 264, 264, 2, 2, false, rng);
-  bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 4, 520, 520, 4, 2, false, rng);
-  bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 3, 77, 77, 3, 1, true, rng);
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 6, 1536, 1536, 4, 2, 0, rng);
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 5, 67, 70, 4, 5, 0, rng);
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 3, 1, 1, 3, 1, 0, rng);
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 4, 40, 40, 4, 2, 1, rng);
+  bad += check_act_quant<__half>(QVGEN_DTYPE_F16, 4, 1001, 1003, 4, 1, 0, rng);
+  bad += check_act_quant<__half>(QVGEN_DTYPE_F16, 4, 264, 264, 2, 2, 0, rng);
+  bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 4, 520, 520, 4, 2, 0, rng);
+  bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 3, 77, 77, 3, 1, 1, rng);
   // Several tokens per CTA: M not a multiple of 8, rows beyond the register cache (K > 2048).
-  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 11, 2600, 2600, 4, 11, false, rng);
-  bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 9, 4104, 4104, 4, 3, false, rng);
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 11, 2600, 2600, 4, 11, 0, rng);
+  bad += check_act_quant<__nv_bfloat16>(QVGEN_DTYPE_BF16, 9, 4104, 4104, 4, 3, 0, rng);
+  // Exact .5 ties of x / scale and their one-ulp neighbours (the division-free rounding's edge).
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 16, 992, 992, 4, 1, 2, rng);
+  bad += check_act_quant<float, true>(QVGEN_DTYPE_F32, 9, 135, 135, 4, 3, 2, rng);
+  bad += check_act_quant<float>(QVGEN_DTYPE_F32, 8, 93, 93, 3, 2, 2, rng);
   // INT8 containers (Hopper wgmma path): same codes, one per byte.
-  bad += check_act_quant<__nv_bfloat16, true>(QVGEN_DTYPE_BF16, 10, 1536, 1536, 4, 5, false, rng);
-  bad += check_act_quant<float, true>(QVGEN_DTYPE_F32, 3, 67, 70, 3, 1, false, rng);
+  bad += check_act_quant<__nv_bfloat16, true>(QVGEN_DTYPE_BF16, 10, 1536, 1536, 4, 5, 0, rng);
+  bad += check_act_quant<float, true>(QVGEN_DTYPE_F32, 3, 67, 70, 3, 1, 0, rng);
   bad += check_code_sums(37, 1001, rng);
   bad += check_code_sums(9, 64, rng);
   bad += check_unpack_u8(5, 67, rng);

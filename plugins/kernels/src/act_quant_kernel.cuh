@@ -7,7 +7,8 @@
 // K <= 32 * 8 * AQ_CACHE = 2048, which covers Wan's K = 1536) and reduces min/max with warp
 // shuffles; every lane then derives the same scale and zero point with the exact float32
 // operations of quant/functional.py (no broadcast needed). Pass 2 quantizes from the registers
-// (re-reading only the groups beyond the cache, from L2), writes one packed uint32 (8 codes) or,
+// (re-reading only the groups beyond the cache, from L2) with at most one division per ~130
+// elements (rint_div below), writes one packed uint32 (8 codes) or,
 // for the INT8-container variant (BYTES = true, the Hopper wgmma path), one uint2 (8 bytes) per
 // group, and reduces the code sum.
 //
@@ -67,6 +68,14 @@ __device__ __forceinline__ void load8(const T* row, int32_t k0, int32_t K, bool 
   }
 }
 
+// rint(fl(x / s)) bit for bit, given inv = fl(1 / s) (see the comment at the top).
+__device__ __forceinline__ float rint_div(float x, float s, float inv) {
+  const float q0 = __fmul_rn(x, inv);
+  const float f = __fsub_rn(q0, floorf(q0));  // exact for |q0| < 2^12 (Sterbenz / small integers)
+  if (fabsf(q0) < 4096.0f && fabsf(__fsub_rn(f, 0.5f)) > 0.00390625f) return rintf(q0);
+  return rintf(__fdiv_rn(x, s));
+}
+
 template <typename T, bool BYTES>
 __global__ void __launch_bounds__(AQ_THREADS)
     act_quant_kernel(const T* __restrict__ x, int64_t M, int64_t ldx, int32_t K, const float* __restrict__ clip_lo,
@@ -120,6 +129,7 @@ __global__ void __launch_bounds__(AQ_THREADS)
   const float hi = __fmul_rn(fmaxf(mx, 0.0f), clip_hi[sample]);
   const float sc = fmaxf(__fdiv_rn(__fsub_rn(hi, lo), qmaxf), 1e-8f);
   const float zp = fminf(fmaxf(rintf(__fdiv_rn(-lo, sc)), 0.0f), qmaxf);
+  const float inv = __frcp_rn(sc);  // correctly rounded 1 / scale, for rint_div
 
   // Pass 2: codes of group gi (8 elements) -> word gi of the output row (packed: uint32 of 8
   // nibbles, low nibble = even k; bytes: uint2 of 8 bytes). Groups beyond K are written as 0.
@@ -145,7 +155,7 @@ __global__ void __launch_bounds__(AQ_THREADS)
       for (int i = 0; i < 8; ++i) {
         if (k0 + i < K) {
           // functional.act_codes: clamp(round(x / s) + zp, 0, qmax)
-          const float qf = fminf(fmaxf(__fadd_rn(rintf(__fdiv_rn(v[i], sc)), zp), 0.0f), qmaxf);
+          const float qf = fminf(fmaxf(__fadd_rn(rint_div(v[i], sc, inv), zp), 0.0f), qmaxf);
           const uint32_t q = static_cast<uint32_t>(qf);
           if constexpr (BYTES) {
             if (i < 4)
