@@ -62,10 +62,11 @@ _cuda_paths: dict[int, int] = {}
 def cuda_gemm_path(device: torch.device) -> int:
     """The GEMM path used on ``device``: ``$QVGEN_GEMM_PATH`` (auto, mma_u4, imma_u8, simt, wgmma_u8), default auto.
 
-    ``auto`` runs the library's on-device self-test once per device (tensor-core path versus the
-    plain SIMT kernel on awkward shapes); should it ever mismatch, the SIMT kernel is used
-    instead, with a warning, so that a wrong fragment layout can never give silently wrong
-    outputs. ``QVGEN_GEMM_SELFTEST=0`` skips the check.
+    ``auto`` runs the library's on-device self-test once per device (the path against expected
+    outputs computed on the host, on awkward shapes). Should the auto path fail it (mismatches or
+    an error status), the next path is tried with a warning: on sm_90 ``wgmma_u8`` -> ``imma_u8``,
+    then the plain SIMT kernel, so that a wrong fragment layout or a CUTLASS launch problem can
+    never give silently wrong outputs. ``QVGEN_GEMM_SELFTEST=0`` skips the check.
     """
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index in _cuda_paths:
@@ -76,21 +77,37 @@ def cuda_gemm_path(device: torch.device) -> int:
     lib = _lib.cuda_library()
     path = _PATHS[name]
     with torch.cuda.device(index):
+        resolved = _lib.ctypes.c_int(0)
+        _lib.check(lib, "qvgen_cuda", "resolve_path", lib.qvgen_cuda_resolve_path(path, resolved))
+        chosen = resolved.value
         if path == _lib.PATH_AUTO and os.environ.get("QVGEN_GEMM_SELFTEST", "1") != "0":
-            bad = _lib.ctypes.c_int64(0)
-            _lib.check(lib, "qvgen_cuda", "selftest", lib.qvgen_cuda_selftest(path, _stream(device), bad))
-            if bad.value:
+            candidates = [chosen]
+            if chosen == _lib.PATH_WGMMA_U8:
+                candidates.append(_lib.PATH_IMMA_U8)
+            if _lib.PATH_SIMT not in candidates:
+                candidates.append(_lib.PATH_SIMT)
+            for i, cand in enumerate(candidates):
+                bad = _lib.ctypes.c_int64(0)
+                status = lib.qvgen_cuda_selftest(cand, _stream(device), bad)
+                if status == 0 and bad.value == 0:
+                    chosen = cand
+                    break
+                if i == len(candidates) - 1:
+                    _lib.check(lib, "qvgen_cuda", "selftest", status)
+                    raise RuntimeError(f"qvgen W4A4 GEMM: every path failed its self-test on cuda:{index}")
+                why = (
+                    f"{bad.value} mismatching outputs"
+                    if status == 0
+                    else lib.qvgen_cuda_last_error().decode("utf-8", "replace")
+                )
                 warnings.warn(
-                    f"qvgen W4A4 tensor-core GEMM failed its self-test on cuda:{index} ({bad.value} mismatching "
-                    "outputs); falling back to the slow SIMT kernel. Please report this.",
+                    f"qvgen W4A4 GEMM path {_lib.PATH_NAMES[cand]} failed its self-test on cuda:{index} ({why}); "
+                    f"falling back to {_lib.PATH_NAMES[candidates[i + 1]]}. Please report this.",
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                path = _lib.PATH_SIMT
-        resolved = _lib.ctypes.c_int(0)
-        _lib.check(lib, "qvgen_cuda", "resolve_path", lib.qvgen_cuda_resolve_path(path, resolved))
-    _cuda_paths[index] = resolved.value
-    return resolved.value
+    _cuda_paths[index] = chosen
+    return chosen
 
 
 def act_quant(
@@ -242,6 +259,11 @@ def gemm(
         lib = _lib.cuda_library()
         if path is None:
             p = cuda_gemm_path(dev)
+            # The auto choice WGMMA_U8 goes through AUTO, which keeps it where the output suits the
+            # epilogue's TMA store (y 16-byte aligned, ldy a multiple of 16 bytes) and takes
+            # IMMA_U8 elsewhere; passing 4 explicitly would refuse such outputs.
+            if p == _lib.PATH_WGMMA_U8:
+                p = _lib.PATH_AUTO
         elif path in _PATHS:
             p = _PATHS[path]
         else:

@@ -169,3 +169,54 @@ def test_has_wgmma_matches_the_configure_result(native_libs: Path) -> None:
     # No GPU here: WGMMA_U8 still needs a device to resolve, and says why it cannot.
     st = _lib.cuda_library().qvgen_cuda_resolve_path(_lib.PATH_WGMMA_U8, resolved)
     assert st in (0, 2, 3)
+
+
+class _FakeLib:
+    """Stands in for the CUDA library: AUTO resolves to ``auto``; ``results`` = per-path (status, mismatches)."""
+
+    def __init__(self, auto: int, results: dict[int, tuple[int, int]]) -> None:
+        self.auto, self.results, self.tried = auto, results, []
+
+    def qvgen_cuda_resolve_path(self, path: int, resolved: ctypes.c_int) -> int:
+        resolved.value = self.auto if path == 0 else path
+        return 0
+
+    def qvgen_cuda_selftest(self, path: int, stream: object, bad: ctypes.c_int64) -> int:
+        self.tried.append(path)
+        status, mismatches = self.results.get(path, (0, 0))
+        bad.value = mismatches
+        return status
+
+    def qvgen_cuda_last_error(self) -> bytes:
+        return b"CUTLASS initialize: error"
+
+
+@pytest.mark.parametrize(
+    ("results", "chosen", "tried", "warns"),
+    [
+        ({}, 4, [4], 0),  # wgmma passes: kept
+        ({4: (0, 7)}, 2, [4, 2], 1),  # wgmma mismatches -> imma_u8
+        ({4: (3, 0)}, 2, [4, 2], 1),  # wgmma errors (status) -> imma_u8, not an exception
+        ({4: (0, 1), 2: (0, 1)}, 3, [4, 2, 3], 2),  # both fail -> SIMT
+    ],
+)
+def test_auto_path_falls_back_on_a_failed_selftest(monkeypatch, results, chosen, tried, warns) -> None:
+    import contextlib
+    import warnings
+
+    import torch
+
+    from qvgen_export.native import _lib, ops
+
+    fake = _FakeLib(auto=_lib.PATH_WGMMA_U8, results=results)
+    monkeypatch.setattr(_lib, "cuda_library", lambda: fake)
+    monkeypatch.setattr(ops, "_stream", lambda dev: None)
+    monkeypatch.setattr(torch.cuda, "device", lambda index: contextlib.nullcontext())
+    monkeypatch.setattr(ops, "_cuda_paths", {})
+    monkeypatch.delenv("QVGEN_GEMM_PATH", raising=False)
+    monkeypatch.delenv("QVGEN_GEMM_SELFTEST", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert ops.cuda_gemm_path(torch.device("cuda", 0)) == chosen
+    assert fake.tried == tried
+    assert len([w for w in caught if "failed its self-test" in str(w.message)]) == warns
