@@ -158,6 +158,7 @@ def test_denoiser_has_the_model_surface_the_pipeline_reads(w4a4_ckpt, w4a4_expor
         assert obj.config.in_channels == 3 and list(obj.config.patch_size) == [1, 4, 4]
         with obj.cache_context("cond", step_index=0):
             pass
+    qmodel.set_attention_backend("native")  # diffusers' attention dispatch, delegated
 
 
 def test_bf16_pipeline_on_quantized_wan(parts, w4a4_ckpt):
