@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     source = args.model or args.single_file
     if args.model and args.config:
         raise ValueError("--config goes with --single-file (a folder has its own config.json)")
-    stem = (source.parent.name if source.name == "transformer" else source.name).split(".")[0]
+    # "Wan2.1-T2V-1.3B-Diffusers" keeps its dots; a file loses only its suffix
+    stem = source.stem if args.single_file else (source.parent.name if source.name == "transformer" else source.name)
     out: Path = args.out or artifacts_dir() / f"{stem}_{qcfg.name}.safetensors"
     with tempfile.TemporaryDirectory(prefix="qvgen-quantize-") as tmp:
         folder = _single_file_folder(args.single_file, args.config, Path(tmp)) if args.single_file else args.model

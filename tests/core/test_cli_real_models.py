@@ -54,6 +54,15 @@ def test_quantize_single_file_patterns_and_scheme(wan_folder, tmp_path, capsys):
     assert not any(n.startswith("condition_embedder.") or n == "proj_out" for n in names)
 
 
+def test_quantize_default_output_name(wan_folder, tmp_path, monkeypatch):
+    pipeline = tmp_path / "Wan2.1-T2V-Tiny-Diffusers"
+    pipeline.mkdir()
+    (pipeline / "transformer").symlink_to(wan_folder)
+    monkeypatch.setenv("QVGEN_ARTIFACTS", str(tmp_path / "art"))
+    assert quantize_main(["--model", str(pipeline), "--quiet", "--ranges", "minmax"]) == 0
+    assert (tmp_path / "art" / "Wan2.1-T2V-Tiny-Diffusers_w4a4.safetensors").is_file()
+
+
 def test_quantize_with_calibration(wan_folder, tmp_path):
     embeds = tmp_path / "e.safetensors"
     save_file({"prompt_embeds": torch.randn(1, 4, 64), "negative_prompt_embeds": torch.zeros(1, 4, 64)}, str(embeds))
