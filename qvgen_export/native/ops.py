@@ -445,3 +445,68 @@ def _w4a4_linear_fake(
     act_bits: int,
 ) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+@torch.library.custom_op("qvgen::w4a4_linear_u8", mutates_args=(), device_types="cuda")
+def w4a4_linear_u8(
+    x: torch.Tensor,
+    clip_lo: torch.Tensor,
+    clip_hi: torch.Tensor,
+    qweight_u8: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero: torch.Tensor,
+    w_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    act_bits: int,
+) -> torch.Tensor:
+    """:func:`w4a4_linear` on the Hopper wgmma path (CUDA, sm_90 build with CUTLASS only).
+
+    ``qweight_u8 [N, byte_row_bytes(K)]``: the weight codes one per byte (:func:`unpack_u8` of
+    ``qweight``, done once at load). Activations are quantized straight to bytes
+    (:func:`act_quant_u8`) and :func:`gemm_u8` runs the CUTLASS GEMM; the same bits as
+    :func:`w4a4_linear`. The output row (``N`` elements of the output dtype) must be a multiple of
+    16 bytes (see :func:`wgmma_prepared_ok`).
+    """
+    k = x.shape[-1]
+    if k != in_features:
+        raise ValueError(f"x has {k} features, the layer expects in_features={in_features}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if x2.dtype not in _X_DTYPES:
+        x2 = x2.float()
+    m = x2.shape[0]
+    n = qweight_u8.shape[0]
+    if m == 0:
+        return x.new_empty((*lead, n))
+    clip_lo = clip_lo.reshape(-1)
+    clip_hi = clip_hi.reshape(-1)
+    t = tokens_per_sample(m, clip_lo.numel())
+    qx8, xs, xz, xsum = act_quant_u8(x2, clip_lo, clip_hi, act_bits, t)
+    y = gemm_u8(qx8, xs, xz, xsum, qweight_u8, w_scale, w_zero, w_sum, bias, k, out_dtype=x2.dtype)
+    return y.reshape(*lead, n).to(x.dtype)
+
+
+@w4a4_linear_u8.register_fake
+def _w4a4_linear_u8_fake(
+    x: torch.Tensor,
+    clip_lo: torch.Tensor,
+    clip_hi: torch.Tensor,
+    qweight_u8: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero: torch.Tensor,
+    w_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    act_bits: int,
+) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], qweight_u8.shape[0]))
+
+
+def wgmma_prepared_ok(x: torch.Tensor, out_features: int) -> bool:
+    """Whether :func:`w4a4_linear_u8` serves ``x`` (CUDA tensor): the device's auto GEMM path is
+    ``wgmma_u8`` and an output row is a multiple of 16 bytes (the epilogue's TMA store)."""
+    if x.device.type != "cuda" or cuda_gemm_path(x.device) != _lib.PATH_WGMMA_U8:
+        return False
+    elem = x.element_size() if x.dtype in _X_DTYPES else 4
+    return (out_features * elem) % 16 == 0

@@ -152,6 +152,21 @@ class Int4Linear(nn.Module):
 
         lo, hi = self.clip()
         lo, hi = lo.float(), hi.float()
+        if x.is_cuda and ops.wgmma_prepared_ok(x, self.out_features):
+            # Hopper with the CUTLASS wgmma path: INT8 weight codes prepared once per device (twice
+            # the packed bytes), activations quantized straight to bytes; the same bits.
+            return ops.w4a4_linear_u8(
+                x,
+                lo.reshape(-1).contiguous(),
+                hi.reshape(-1).contiguous(),
+                self._weight_u8(),
+                self.w_scale.float(),
+                self.w_zero.float(),
+                self.w_sum,
+                None if self.bias is None else self.bias.float(),
+                self.in_features,
+                self.act_bits,
+            )
         return ops.w4a4_linear(
             x,
             lo.reshape(-1).contiguous(),
@@ -165,6 +180,20 @@ class Int4Linear(nn.Module):
             self.in_features,
             self.act_bits,
         )
+
+    def _weight_u8(self) -> torch.Tensor:
+        """The weight codes one per byte (Hopper wgmma path), made once and kept (not saved).
+
+        Rebuilt when ``qweight`` changes (another tensor, device or in-place version).
+        """
+        from qvgen_export.native import ops
+
+        key = (self.qweight.device, self.qweight.data_ptr(), self.qweight._version)
+        cached = self.__dict__.get("_qweight_u8")
+        if cached is None or cached[0] != key:
+            cached = (key, ops.unpack_u8(self.qweight, self.in_features))
+            self.__dict__["_qweight_u8"] = cached
+        return cached[1]
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.config.name}, int4 kernels"

@@ -186,3 +186,21 @@ def test_wgmma_u8_equals_reference(cuda_ops, m: int, n: int, k: int, with_bias: 
     y2 = cuda_ops.gemm(qx.cuda(), xs.cuda(), xz.cuda(), xsum.cuda(), qw.cuda(), k=k, out_dtype=out_dtype,
                        path="wgmma_u8", **g)  # fmt: skip
     assert torch.equal(y2.cpu(), y_ref)
+
+
+def test_w4a4_linear_u8_equals_cpu(cuda_ops) -> None:
+    """The Hopper route of Int4Linear (prepared INT8 weights, byte activations) == the CPU op."""
+    if not _wgmma_ready():
+        pytest.skip("the CUTLASS wgmma path needs an sm_90 GPU and a build with CUTLASS")
+    x, clo, chi, t = make_case("batched")
+    k = x.shape[1]
+    codes, ws, wz, bias = make_weight(64, k, 4)
+    qw = torch.from_numpy(npref.pack(codes, cuda_ops.packed_row_bytes(k)))
+    rest = [torch.from_numpy(ws), torch.from_numpy(wz), torch.from_numpy(codes.sum(1).astype(np.int32))]
+    xb = torch.from_numpy(x).reshape(3, t, k).bfloat16()
+    lo, hi, b = torch.from_numpy(clo), torch.from_numpy(chi), torch.from_numpy(bias)
+    y_ref = torch.ops.qvgen.w4a4_linear(xb, lo, hi, qw, *rest, b, k, 4)
+    qw8 = cuda_ops.unpack_u8(qw.cuda(), k)
+    y = torch.ops.qvgen.w4a4_linear_u8(xb.cuda(), lo.cuda(), hi.cuda(), qw8, *[r.cuda() for r in rest], b.cuda(), k, 4)
+    assert cuda_ops.wgmma_prepared_ok(xb.cuda(), 64)
+    assert torch.equal(y.cpu(), y_ref)
