@@ -5,8 +5,9 @@ holding transformer/), or one safetensors file with diffusers tensor names plus 
 Nothing is downloaded. Without calibration the model is quantized straight from disk, one layer
 at a time (peak memory: the widest layer, so Wan 14B quantizes on a laptop); the result is the
 QVGen initialisation: weight ranges by MSE search (or min/max), activation clips at their
-initial value. With --calib-embeds the model is loaded whole in float32 and the activation clips
-are calibrated per timestep group on a short sampling run with those prompt embeddings.
+initial value. With --calib-embeds (saved UMT5 embeddings) or --calib-prompts (encoded by the
+folder's own text_encoder/ and tokenizer/, needs transformers) the model is loaded whole in
+float32 and the activation clips are calibrated per timestep group on a short sampling run.
 
 examples:
   qvgen-quantize --model Wan2.1-T2V-1.3B-Diffusers --out wan13b_w4a4.safetensors
@@ -15,6 +16,7 @@ examples:
   qvgen-quantize --model Wan2.1-T2V-1.3B-Diffusers --exclude 'condition_embedder.*' 'proj_out'
   qvgen-quantize --model Wan2.1-T2V-1.3B-Diffusers --calib-embeds embeds.safetensors \\
       --calib-frames 21 --calib-height 60 --calib-width 104
+  qvgen-quantize --model Wan2.1-T2V-1.3B-Diffusers --calib-prompts "a cat surfing" "a city at night"
 
 then: qvgen-export --ckpt wan13b_w4a4.safetensors --target onnx
 """
@@ -72,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="safetensors with prompt_embeds [B,L,D] (+ negative_prompt_embeds): UMT5 outputs of a few prompts",
     )
+    cal.add_argument(
+        "--calib-prompts",
+        nargs="+",
+        metavar="PROMPT",
+        help="prompts encoded by UMT5 from --text-encoder (instead of --calib-embeds)",
+    )
+    cal.add_argument(
+        "--text-encoder",
+        type=Path,
+        metavar="DIR",
+        help="with --calib-prompts: pipeline folder holding text_encoder/ and tokenizer/ (default: --model's)",
+    )
     cal.add_argument("--calib-steps", type=int, default=8, help="denoising steps of the calibration run")
     cal.add_argument("--calib-frames", type=int, default=21, help="latent frames of the calibration run")
     cal.add_argument("--calib-height", type=int, default=60, help="latent height of the calibration run")
@@ -103,7 +117,12 @@ def _calibrated(folder: Path, qcfg: Any, args: argparse.Namespace, out: Path, pr
 
     for name in ("calib_steps", "calib_frames", "calib_height", "calib_width"):
         positive_int("--" + name.replace("_", "-"), getattr(args, name))
-    pe, ne = load_prompt_embeds(args.calib_embeds)
+    if args.calib_embeds:
+        pe, ne = load_prompt_embeds(args.calib_embeds)
+    else:
+        from qvgen_export.runtime.prompts import umt5_prompt_embeds
+
+        pe, ne = umt5_prompt_embeds(args.text_encoder or args.model, args.calib_prompts)
     model = load_diffusers_transformer(folder)
     if pe.shape[-1] != int(model.config.text_dim):
         raise ValueError(
@@ -116,7 +135,8 @@ def _calibrated(folder: Path, qcfg: Any, args: argparse.Namespace, out: Path, pr
         sample_video(m, pe, ne, latent_shape=shape, num_steps=args.calib_steps, progress=progress)
 
     calibrate_act_clips_loop(qmodel, loop)
-    return save_checkpoint(qmodel, out, extra={"method": "ptq", "calibration": str(args.calib_embeds)})
+    calibration = str(args.calib_embeds) if args.calib_embeds else "\n".join(args.calib_prompts)
+    return save_checkpoint(qmodel, out, extra={"method": "ptq", "calibration": calibration})
 
 
 @cli_entry("qvgen-quantize")
@@ -130,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     qcfg = QuantConfig.preset(args.scheme, **overrides)
     progress = not args.quiet
     source = args.model or args.single_file
+    if args.calib_embeds and args.calib_prompts:
+        raise ValueError("give --calib-embeds or --calib-prompts, not both")
+    if args.calib_prompts and not (args.text_encoder or args.model):
+        raise ValueError("--calib-prompts with --single-file needs --text-encoder DIR")
     if args.model and args.config:
         raise ValueError("--config goes with --single-file (a folder has its own config.json)")
     # "Wan2.1-T2V-1.3B-Diffusers" keeps its dots; a file loses only its suffix
@@ -138,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="qvgen-quantize-") as tmp:
         folder = _single_file_folder(args.single_file, args.config, Path(tmp)) if args.single_file else args.model
         if not args.quiet:
-            how = "calibrated" if args.calib_embeds else f"streaming, {args.ranges} weight ranges"
+            calibrate = args.calib_embeds or args.calib_prompts
+            how = "calibrated" if calibrate else f"streaming, {args.ranges} weight ranges"
             print(f"quantizing {source} to {qcfg.name} ({how}) -> {out}", file=sys.stderr)
-        if args.calib_embeds:
+        if args.calib_embeds or args.calib_prompts:
             path = _calibrated(Path(folder), qcfg, args, out, progress)
         else:
             from qvgen_export.quant.ptq_stream import ptq_quantize_folder

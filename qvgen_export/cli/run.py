@@ -14,6 +14,8 @@ examples:
   # real Wan 2.1 (480p: 21 latent frames of 60x104), UMT5 embeddings computed beforehand
   qvgen-run --ckpt wan14b_w4a4.safetensors --prompt-embeds embeds.safetensors \\
       --frames 21 --height 60 --width 104 --vae Wan2.1-T2V-14B-Diffusers/vae
+  qvgen-run --ckpt wan14b_w4a4.safetensors --text-encoder Wan2.1-T2V-14B-Diffusers \\
+      --vae Wan2.1-T2V-14B-Diffusers --prompt "a cat surfing" --frames 21 --height 60 --width 104
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(real Wan: UMT5 outputs); default: the tiny world's text encoder on --prompt",
     )
     p.add_argument(
+        "--text-encoder",
+        type=Path,
+        metavar="DIR",
+        help="encode --prompt with the UMT5 text_encoder/ and tokenizer/ of this local Wan pipeline folder "
+        "(as WanPipeline does; needs transformers)",
+    )
+    p.add_argument(
         "--vae",
         type=Path,
         metavar="DIR",
@@ -110,9 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--frames/--height/--width must be multiples of the patch size ({pt}, {ph}, {pw})")
     channels = int(cfg["in_channels"])
     shape = (channels, args.frames, args.height, args.width)
+    if args.prompt_embeds and args.text_encoder:
+        raise ValueError("give --prompt-embeds or --text-encoder, not both")
     if args.prompt_embeds:
         pe, ne = load_prompt_embeds(args.prompt_embeds)
         prompts = [f"embeds_{i}" for i in range(pe.shape[0])]
+    elif args.text_encoder:
+        from qvgen_export.runtime.prompts import umt5_prompt_embeds
+
+        prompts = list(args.prompt or DEFAULT_PROMPTS)
+        pe, ne = umt5_prompt_embeds(args.text_encoder, prompts, args.negative_prompt)
     else:
         prompts = list(args.prompt or DEFAULT_PROMPTS)
         pe, ne = encode_prompts(prompts, args.negative_prompt, int(cfg["text_dim"]))

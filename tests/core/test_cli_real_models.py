@@ -134,3 +134,55 @@ def test_run_latent_vae_with_wrong_channels_is_one_line(latent_ckpt, tmp_path, c
     assert _run_latent(latent_ckpt, tmp_path / "out", "--vae", str(tmp_path / "vae")) == 2
     err = capsys.readouterr().err.strip()
     assert "decodes 4-channel latents" in err and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def pipeline_folder(tmp_path_factory, wan_folder):
+    """A local Wan pipeline folder: transformer/, text_encoder/ (tiny UMT5), tokenizer/."""
+    pytest.importorskip("transformers")
+    from tiny_text import tiny_text_encoder, tiny_tokenizer
+
+    d = tmp_path_factory.mktemp("pipe")
+    (d / "transformer").symlink_to(wan_folder)
+    tiny_tokenizer(["a red circle", "blue square moving"]).save_pretrained(d / "tokenizer")
+    tiny_text_encoder(64).save_pretrained(d / "text_encoder")
+    return d
+
+
+def test_umt5_embeds_are_the_pipelines(pipeline_folder):
+    from diffusers import WanPipeline
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    from qvgen_export.runtime.prompts import umt5_prompt_embeds
+
+    prompts = ["a red  circle", "blue square"]
+    pe, ne = umt5_prompt_embeds(pipeline_folder / "transformer", prompts, "moving", max_sequence_length=16)
+    pipe = WanPipeline(
+        tokenizer=AutoTokenizer.from_pretrained(pipeline_folder / "tokenizer"),
+        text_encoder=UMT5EncoderModel.from_pretrained(pipeline_folder / "text_encoder"),
+        vae=None,
+        scheduler=None,
+        transformer=None,
+    )
+    with torch.no_grad():
+        a, b = pipe.encode_prompt(prompts, "moving", max_sequence_length=16, device=torch.device("cpu"))
+    assert pe.shape == (2, 16, 64) and torch.equal(pe, a) and torch.equal(ne, b)
+
+
+def test_quantize_calibrates_on_prompts(pipeline_folder, tmp_path):
+    out = tmp_path / "p.safetensors"
+    argv = ["--model", str(pipeline_folder), "--out", str(out), "--quiet", "--calib-prompts", "a red circle"]
+    argv += ["--calib-steps", "2", "--calib-frames", "2", "--calib-height", "8", "--calib-width", "8"]
+    assert quantize_main(argv) == 0
+    model, info = load_quantized_model(out)
+    assert info.extra["calibration"] == "a red circle"
+    assert len(set(model.quant_linears()["blocks.0.ffn.net.0.proj"].clip_upper.tolist())) > 1
+
+
+def test_run_encodes_prompts_with_umt5(pipeline_folder, tmp_path):
+    ckpt = tmp_path / "c.safetensors"
+    assert quantize_main(["--model", str(pipeline_folder), "--out", str(ckpt), "--quiet", "--ranges", "minmax"]) == 0
+    argv = ["--ckpt", str(ckpt), "--out", str(tmp_path / "o"), "--steps", "2", "--frames", "2", "--height", "8"]
+    argv += ["--width", "8", "--quiet", "--text-encoder", str(pipeline_folder), "--prompt", "a red circle"]
+    assert run_main(argv) == 0
+    assert load_file(str(tmp_path / "o" / "torch_latents.safetensors"))["latents"].shape == (1, 3, 2, 8, 8)

@@ -15,6 +15,8 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+from tiny_text import tiny_text_encoder, tiny_tokenizer
+
 from qvgen_export.checkpoint import load_quantized_model
 from qvgen_export.runtime.backends import Denoiser, OrtBackend
 from qvgen_export.runtime.sampler import make_scheduler, sample_video
@@ -25,28 +27,6 @@ MAX_LEN = 8
 FRAMES, HEIGHT, WIDTH = 5, 64, 64
 STEPS, GUIDANCE, SEED = 3, 4.0, 3
 PROMPTS = ["a red circle moving right", "a blue square"]
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    words = sorted({w for p in PROMPTS for w in p.split()} | {"ugly", "blurry"})
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
-def _text_encoder():
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    cfg = UMT5Config(
-        vocab_size=64, d_model=TEXT_DIM, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8
-    )
-    torch.manual_seed(0)
-    return UMT5EncoderModel(cfg).eval()
 
 
 def _vae():
@@ -60,7 +40,7 @@ def _vae():
 
 @pytest.fixture(scope="module")
 def parts():
-    return _tokenizer(), _text_encoder(), _vae()
+    return tiny_tokenizer(PROMPTS + ["ugly blurry"]), tiny_text_encoder(TEXT_DIM), _vae()
 
 
 def _pipeline(parts, transformer):
