@@ -17,6 +17,7 @@ import json
 import math
 import random
 import shutil
+import signal
 import time
 import traceback
 from collections import Counter
@@ -26,6 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_tools import edit_header, edit_meta_json, read_raw, rehash_meta, rewrite, write_raw
+
+CASE_TIMEOUT_S = 240
+
+
+class _Hang(BaseException):
+    pass
 
 
 @dataclass
@@ -44,6 +51,7 @@ class Outcome:
     stderr: list[str]
     traceback: bool
     leftovers: list[str]
+    hung: bool = False
 
     def clean(self, case: Case) -> bool:
         return (
@@ -77,14 +85,28 @@ def run_case(case: Case) -> Outcome:
     err, out = io.StringIO(), io.StringIO()
     code: int | None = None
     tb = False
+    hung = False
+
+    def alarm(signum: int, frame: Any) -> None:
+        raise _Hang
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(CASE_TIMEOUT_S)  # old code hung on huge dimensions: count it, move on
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             code = _main(case.cli)(case.argv)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
+        except _Hang:
+            hung = True
         except Exception:  # noqa: BLE001 (what escapes the CLI is what this harness measures)
             traceback.print_exc()
             tb = True
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+    if hung:
+        return Outcome(None, ["(hung)"], True, _temps(case.watch), hung=True)
     lines = [x for x in err.getvalue().splitlines() if x.strip() and not x.startswith(("exporting", "\r"))]
     tb = tb or code == 4 or any("Traceback" in x for x in lines)
     left = _temps(case.watch)
@@ -96,6 +118,7 @@ def run_case(case: Case) -> Outcome:
 def score(cases: list[Case]) -> tuple[dict[str, int], list[tuple[str, Outcome]]]:
     counts = {"cases": len(cases), "clean": 0, "tracebacks": 0, "accepted_when_bad": 0, "other_exit": 0}
     counts["leftovers"] = 0
+    counts["hangs"] = 0
     bad: list[tuple[str, Outcome]] = []
     for c in cases:
         o = run_case(c)
@@ -104,6 +127,7 @@ def score(cases: list[Case]) -> tuple[dict[str, int], list[tuple[str, Outcome]]]
             counts["clean"] += 1
             continue
         bad.append((c.name, o))
+        counts["hangs"] += o.hung
         if o.traceback:
             counts["tracebacks"] += 1
         elif o.code == 0:
