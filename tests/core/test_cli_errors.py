@@ -58,11 +58,11 @@ def test_existing_output_needs_overwrite(tmp_path, capsys, w4a4_ckpt):
 
 
 def test_failed_export_leaves_nothing(tmp_path, capsys, w4a4_ckpt, monkeypatch):
-    def half_written(model, out_dir, **kwargs):
+    def half_written(info, tensors, out_dir, *args, **kwargs):
         (out_dir / "model.onnx").write_bytes(b"partial")
         raise ValueError("simulated failure in the middle of the export")
 
-    monkeypatch.setattr("qvgen_export.export.pipeline.export_onnx", half_written)
+    monkeypatch.setattr("qvgen_export.export.block_stitch.export_checkpoint_blocks", half_written)
     out = tmp_path / "o"
     assert export_cli.main(["--ckpt", str(w4a4_ckpt), "--out", str(out), "--quiet"]) == 2
     _one_line_error(capsys, "simulated failure")
@@ -79,7 +79,7 @@ def test_failed_overwrite_keeps_previous_export(tmp_path, capsys, w4a4_ckpt, w4a
     def fail(*a, **k):
         raise ValueError("boom")
 
-    monkeypatch.setattr("qvgen_export.export.pipeline.export_onnx", fail)
+    monkeypatch.setattr("qvgen_export.export.block_stitch.export_checkpoint_blocks", fail)
     assert export_cli.main(["--ckpt", str(w4a4_ckpt), "--out", str(out), "--overwrite", "--quiet"]) == 2
     assert (out / "manifest.json").read_bytes() == before
     assert _leftovers(tmp_path) == ["prev"]
