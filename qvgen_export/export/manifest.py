@@ -91,7 +91,11 @@ def verify_manifest(folder: str | Path) -> dict[str, Any]:
             raise ValueError(f"{f}: listed in the manifest but missing")
         size = entry.get("bytes")
         if isinstance(size, int) and f.stat().st_size != size:
-            raise ValueError(f"{f}: {f.stat().st_size} bytes, the manifest says {size} (file changed or truncated)")
+            # No need to hash: a different size cannot have the recorded digest.
+            raise ValueError(
+                f"{f}: SHA-256 does not match the manifest ({f.stat().st_size} bytes, expected {size}; "
+                "file changed or truncated)"
+            )
         try:
             digest = sha256_file(f)
         except OSError as e:
