@@ -74,7 +74,9 @@ def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
         from qvgen_export.export.onnx_export import _Positional, _quiet_exporter, example_inputs
         from qvgen_export.models.wan import load_diffusers_transformer
 
-        model = load_diffusers_transformer(args["folder"], dtype=torch.bfloat16).eval()
+        # The whole model in bf16 (diffusers keeps some modules float32 on load; a plain export of a
+        # bf16 model casts them too).
+        model = load_diffusers_transformer(args["folder"], dtype=torch.bfloat16).to(torch.bfloat16).eval()
         t_load = time.perf_counter() - t0
         inputs = tuple(t.to(torch.bfloat16) if t.is_floating_point() else t for t in example_inputs(model.config))
         t1 = time.perf_counter()

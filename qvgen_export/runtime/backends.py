@@ -11,7 +11,6 @@ through onnxruntime-extensions), TensorRT runs a ``trt`` folder's engine.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,14 +74,20 @@ def ort_session(
         extra(so)
     try:
         return ort.InferenceSession(str(onnx_path), so, providers=providers or ["CPUExecutionProvider"])
-    except ort.capi.onnxruntime_pybind11_state.Fail as e:  # e.g. an unreadable or malformed graph
+    except (
+        ort.capi.onnxruntime_pybind11_state.Fail,
+        ort.capi.onnxruntime_pybind11_state.InvalidProtobuf,
+        ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+        ort.capi.onnxruntime_pybind11_state.NoSuchFile,
+    ) as e:
+        # An unreadable or malformed graph (its hash may still match the manifest: a bad export).
         raise ValueError(f"{onnx_path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})") from None
 
 
-def read_folder_manifest(folder: str | Path, verify: bool = True) -> dict[str, Any]:
+def read_folder_manifest(folder: str | Path) -> dict[str, Any]:
     """An exported folder's manifest, with hashes checked and the fields every backend needs."""
     folder = Path(folder)
-    manifest = verify_manifest(folder) if verify else json.loads((folder / "manifest.json").read_text())
+    manifest = verify_manifest(folder)
     for key in ("model_file", "model_config", "target"):
         if key not in manifest:
             raise ValueError(f"{folder / 'manifest.json'}: no {key!r} (not a complete qvgen-export folder)")
@@ -93,9 +98,9 @@ def read_folder_manifest(folder: str | Path, verify: bool = True) -> dict[str, A
 class OrtBackend:
     """An exported folder (``manifest.json`` + ``model.onnx``) run by ONNX Runtime, either target."""
 
-    def __init__(self, folder: str | Path, providers: list[str] | None = None, verify: bool = True) -> None:
+    def __init__(self, folder: str | Path, providers: list[str] | None = None) -> None:
         folder = Path(folder)
-        self.manifest = read_folder_manifest(folder, verify)
+        self.manifest = read_folder_manifest(folder)
         self.target = self.manifest["target"]
         self.name = "onnxruntime" if self.target == "onnx" else f"onnxruntime-{self.target}"
         self.model_config = self.manifest["model_config"]
