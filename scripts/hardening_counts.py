@@ -1,7 +1,7 @@
 """Score the bad-input corpus and the checkpoint fuzz against the checkout on PYTHONPATH.
 
-    python scripts/hardening_counts.py --work /tmp/h [--fuzz 2000]
-    PYTHONPATH=/tmp/old_worktree:tests/core python scripts/hardening_counts.py --work /tmp/h_before
+    python scripts/hardening_counts.py --work artifacts/hardening [--fuzz 2000]
+    PYTHONPATH=../old_worktree:tests/core python scripts/hardening_counts.py --work artifacts/hardening_before
 
 Prints one JSON object: corpus counts (cases, clean, tracebacks, accepted_when_bad, other_exit,
 leftovers) and fuzz counts by exception type. Training-state cases need --train (slower).
