@@ -23,7 +23,7 @@ from torch import nn
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig, WeightGranularity
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear, _set_submodule
-from qvgen_export.quant.packing import code_sums, kernel_words, pack_codes, to_kernel_layout
+from qvgen_export.quant.packing import code_sums, kernel_words, pack_codes, to_kernel_layout, unpack_codes
 from qvgen_export.targets.plugin_contract import load_contract
 
 OP = "qvgen::w4a4_plugin_linear"
@@ -45,9 +45,8 @@ def check_config(config: QuantConfig) -> None:
 
 def words_to_codes(qweight: torch.Tensor, k: int) -> torch.Tensor:
     """Plugin weight words ``[N, LDW]`` int32 -> codes ``[N, K]`` (uint8)."""
-    b = qweight.contiguous().view(torch.uint8)  # [N, 4*LDW], little endian: same bytes as the kernel rows
-    codes = torch.stack([b & 0x0F, b >> 4], dim=-1).reshape(b.shape[0], -1)
-    return codes[:, :k]
+    # [N, 4*LDW] uint8, little endian: the kernel rows, whose first ceil(K/2) bytes are the checkpoint's
+    return unpack_codes(qweight.contiguous().view(torch.uint8), k, 4)
 
 
 @torch.library.custom_op(OP, mutates_args=())
