@@ -12,6 +12,9 @@ TRAINER = "qvgen_trainer"
 trainer_packages = [TRAINER + p[len("trainer") :] for p in find_packages(include=["trainer", "trainer.*"])]
 
 setup(
-    packages=find_packages(include=["qvgen_export", "qvgen_export.*"]) + trainer_packages,
+    packages=find_packages(
+        include=["qvgen_export", "qvgen_export.*", "qvgen_tinyworld", "qvgen_tinyworld.*", "qvgen_eval", "qvgen_eval.*"]
+    )
+    + trainer_packages,
     package_dir={TRAINER: "trainer"},
 )

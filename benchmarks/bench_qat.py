@@ -5,7 +5,7 @@ at W4A4 and W3A3 (plus QVD at W8A8), same steps and data for every QAT method.
     python benchmarks/bench_qat.py --jobs 2 --steps 360   # the documented run: 39.5 min on 2 idle cores
     python benchmarks/bench_qat.py --smoke         # a handful of steps: proves the pipeline end to end
 
-Reports, per scheme and method, the quality harness's metrics (qvgen_export.eval.harness) and PSNR /
+Reports, per scheme and method, the quality harness's metrics (qvgen_eval.harness) and PSNR /
 SSIM vs the float teacher on the same noise, the teacher-forced relative error of the denoiser
 output, the final training loss, and the mean step time relative to LSQ; plus the gradient-norm
 curves of QVGen vs Q-DM (JSON + PNG drawn with PIL). Prints JSON and Markdown and writes them under
@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qvgen_export.eval.harness import (
+from qvgen_eval.harness import (
     DEFAULT_PROMPTS,
     EvalSettings,
     calibration_batches,
@@ -68,15 +68,15 @@ METRIC_COLS = (
 
 
 def load_teacher_or_random() -> tuple[torch.nn.Module, Any, dict[str, Any], str]:
-    from qvgen_export.tinyvideo.teacher import ASSET_PATH, TEACHER_CONFIG, latent_shape, load_teacher
+    from qvgen_tinyworld.teacher import ASSET_PATH, TEACHER_CONFIG, latent_shape, load_teacher
 
     if ASSET_PATH.is_file():
         model, te, info = load_teacher()
         return model, te, info, "tiny"
     # Development fallback before the trained asset exists: the numbers then mean little.
     from qvgen_export.models.wan import build_wan
-    from qvgen_export.tinyvideo.dataset import VideoConfig
-    from qvgen_export.tinyvideo.text_encoder import TextEncoderConfig, TinyTextEncoder
+    from qvgen_tinyworld.dataset import VideoConfig
+    from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
     info = {"diffusers_config": TEACHER_CONFIG, "video": VideoConfig().to_dict()}
     assert latent_shape(info)
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_parallel(argv if argv is not None else sys.argv[1:], schemes, args.jobs, out)
 
     teacher, te, info, teacher_kind = load_teacher_or_random()
-    from qvgen_export.tinyvideo.teacher import latent_shape
+    from qvgen_tinyworld.teacher import latent_shape
 
     shape = latent_shape(info)
     settings = EvalSettings(

@@ -28,9 +28,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qvgen_export.eval import metrics as M
-from qvgen_export.tinyvideo.dataset import TinyVideoDataset, tensor_to_frames
-from qvgen_export.tinyvideo.teacher import load_teacher
+from qvgen_eval import metrics as M
+from qvgen_tinyworld.dataset import TinyVideoDataset, tensor_to_frames
+from qvgen_tinyworld.teacher import load_teacher
 
 KEYS = ("prompt_adherence", "color", "shape", "direction", "count")
 

@@ -24,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from qvgen_export.models.wan import build_wan
-from qvgen_export.tinyvideo.dataset import TinyVideoDataset, VideoConfig, tensor_to_frames
-from qvgen_export.tinyvideo.teacher import DEFAULT_SAMPLING, TEACHER_CONFIG, latent_shape, save_teacher
-from qvgen_export.tinyvideo.text_encoder import TextEncoderConfig, TinyTextEncoder
+from qvgen_tinyworld.dataset import TinyVideoDataset, VideoConfig, tensor_to_frames
+from qvgen_tinyworld.teacher import DEFAULT_SAMPLING, TEACHER_CONFIG, latent_shape, save_teacher
+from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
 PREVIEW_PROMPTS = [
     "a red circle moving left",
@@ -78,7 +78,7 @@ def flow_matching_batch(
 
 
 def preview(model: torch.nn.Module, te: TinyTextEncoder, info: dict, out_png: Path, seed: int = 0) -> None:
-    from qvgen_export.eval.visual import contact_sheet
+    from qvgen_eval.visual import contact_sheet
     from qvgen_export.runtime.sampler import sample_video
 
     s = info["sampling"]
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     model = build_wan(TEACHER_CONFIG, seed=args.seed).train()
     init_info: dict = {}
     if args.init:
-        from qvgen_export.tinyvideo.teacher import load_teacher
+        from qvgen_tinyworld.teacher import load_teacher
 
         init_model, _, init_info = load_teacher(args.init)
         model.load_state_dict(init_model.state_dict())

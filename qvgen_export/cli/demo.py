@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # torch and numpy load in main(): `qvgen-demo --help` stays i
 
 def load_default_model() -> tuple[torch.nn.Module, tuple[int, int, int, int], str]:
     """The embedded trained tiny teacher, or a seeded random-init tiny Wan if it is absent."""
-    from qvgen_export.tinyvideo.teacher import ASSET_PATH, latent_shape, load_teacher
+    from qvgen_tinyworld.teacher import ASSET_PATH, latent_shape, load_teacher
 
     if ASSET_PATH.is_file():
         model, _, info = load_teacher()

@@ -1,6 +1,6 @@
 """Prompt embeddings for the sampling commands.
 
-The embedded tiny world uses the deterministic grammar text encoder of ``qvgen_export.tinyvideo``
+The embedded tiny world uses the deterministic grammar text encoder of ``qvgen_tinyworld``
 (its settings come from the teacher file when present). Real Wan models take UMT5 embeddings
 precomputed by the user (``--prompt-embeds``), since no text encoder weights ship here.
 """
@@ -16,8 +16,8 @@ DEFAULT_PROMPTS = ("a red circle moving right", "a blue square moving up")
 
 
 def tiny_text_encoder(text_dim: int) -> Any:
-    from qvgen_export.tinyvideo.teacher import ASSET_PATH, read_teacher_info
-    from qvgen_export.tinyvideo.text_encoder import TextEncoderConfig, TinyTextEncoder
+    from qvgen_tinyworld.teacher import ASSET_PATH, read_teacher_info
+    from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
     if ASSET_PATH.is_file():
         cfg = TextEncoderConfig.from_dict(read_teacher_info(ASSET_PATH)["text_encoder"])

@@ -69,7 +69,7 @@ def _main(cli: str) -> Callable[[list[str]], int]:
     elif cli == "run":
         from qvgen_export.cli.run import main
     elif cli == "eval":
-        from qvgen_export.eval.cli import main
+        from qvgen_eval.cli import main
     else:
         from trainer.qat.cli import main
     return main

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "setup.py", "README.md", "qvgen_export", "trainer")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "qvgen_export", "qvgen_tinyworld", "qvgen_eval", "trainer")
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +53,22 @@ def unpacked(wheel, tmp_path_factory) -> Path:
 def test_wheel_file_list(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert tops == {"qvgen_export", "qvgen_trainer"}, tops  # no top-level `trainer` (a PyPI name)
+    assert tops == {"qvgen_export", "qvgen_tinyworld", "qvgen_eval", "qvgen_trainer"}, (
+        tops
+    )  # no top-level `trainer` (a PyPI name)
     # every source module is packaged (a new subpackage cannot be silently left out)
-    for root, prefix in (("qvgen_export", "qvgen_export"), ("trainer", "qvgen_trainer")):
+    for root, prefix in (
+        ("qvgen_export", "qvgen_export"),
+        ("qvgen_tinyworld", "qvgen_tinyworld"),
+        ("qvgen_eval", "qvgen_eval"),
+        ("trainer", "qvgen_trainer"),
+    ):
         for f in (REPO / root).rglob("*.py"):
             assert f"{prefix}/{f.relative_to(REPO / root).as_posix()}" in names, f
     assert "qvgen_export/targets/trt_plugin.json" in names
-    for asset in (REPO / "qvgen_export" / "assets").glob("*"):
+    for asset in (REPO / "qvgen_tinyworld" / "assets").glob("*"):
         if asset.suffix in (".safetensors", ".json"):
-            assert f"qvgen_export/assets/{asset.name}" in names
+            assert f"qvgen_tinyworld/assets/{asset.name}" in names
 
 
 def _scripts(unpacked: Path) -> dict[str, str]:

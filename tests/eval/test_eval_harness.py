@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from qvgen_export.eval.cli import main
-from qvgen_export.eval.harness import (
+from qvgen_eval.cli import main
+from qvgen_eval.harness import (
     EvalSettings,
     calibration_batches,
     compare_models,
@@ -19,11 +19,11 @@ from qvgen_export.eval.harness import (
     json_report,
     markdown_table,
 )
-from qvgen_export.eval.plot import plot_error_vs_timestep
+from qvgen_eval.plot import plot_error_vs_timestep
 from qvgen_export.models.wan import TINY_WAN_CONFIG, build_wan
-from qvgen_export.tinyvideo.dataset import VideoConfig
-from qvgen_export.tinyvideo.teacher import save_teacher
-from qvgen_export.tinyvideo.text_encoder import TextEncoderConfig, TinyTextEncoder
+from qvgen_tinyworld.dataset import VideoConfig
+from qvgen_tinyworld.teacher import save_teacher
+from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
 PROMPTS = ("a red circle moving left", "a blue square moving up")
 SHAPE = (3, 8, 32, 32)

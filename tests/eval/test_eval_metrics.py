@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qvgen_export.eval import metrics as M
-from qvgen_export.tinyvideo.dataset import TinyVideoDataset, shape_coverage
-from qvgen_export.tinyvideo.grammar import BACKGROUNDS, COLORS
+from qvgen_eval import metrics as M
+from qvgen_tinyworld.dataset import TinyVideoDataset, shape_coverage
+from qvgen_tinyworld.grammar import BACKGROUNDS, COLORS
 
 F, H, W = 8, 32, 32
 

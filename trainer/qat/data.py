@@ -67,13 +67,13 @@ def sample_generator(seed: int, index: int) -> torch.Generator:
 
 
 class TinySource:
-    """The procedural tiny-video world (``qvgen_export.tinyvideo``) through the fixed text encoder."""
+    """The procedural tiny-video world (``qvgen_tinyworld``) through the fixed text encoder."""
 
     def __init__(
         self, seed: int, frames: int = 8, height: int = 32, width: int = 32, text_encoder: object = None
     ) -> None:
-        from qvgen_export.tinyvideo.dataset import TinyVideoDataset, VideoConfig
-        from qvgen_export.tinyvideo.text_encoder import TinyTextEncoder
+        from qvgen_tinyworld.dataset import TinyVideoDataset, VideoConfig
+        from qvgen_tinyworld.text_encoder import TinyTextEncoder
 
         default = VideoConfig()
         if (frames, height, width) == (default.frames, default.height, default.width):

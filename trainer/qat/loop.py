@@ -59,16 +59,16 @@ def lr_factor(step: int, total: int, warmup_frac: float) -> float:
 
 def load_teacher_model(cfg: TrainConfig) -> tuple[nn.Module, Any]:
     """``(float teacher, text encoder or None)`` as ``cfg.teacher`` names it."""
-    from qvgen_export.tinyvideo.text_encoder import TextEncoderConfig, TinyTextEncoder
+    from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
     if cfg.teacher == "tiny":
-        from qvgen_export.tinyvideo.teacher import load_teacher
+        from qvgen_tinyworld.teacher import load_teacher
 
         model, te, _info = load_teacher()
         return model, te
     if cfg.teacher == "random":
         from qvgen_export.models.wan import build_wan
-        from qvgen_export.tinyvideo.teacher import TEACHER_CONFIG
+        from qvgen_tinyworld.teacher import TEACHER_CONFIG
 
         conf = dict(cfg.model_config or TEACHER_CONFIG)
         return build_wan(conf, seed=0), TinyTextEncoder(TextEncoderConfig(dim=int(conf["text_dim"])))

@@ -183,7 +183,7 @@ def qvd_quantize(
     """A QVD fake-quant copy of the float ``model`` and the choice made for each layer.
 
     ``calib_batches``: dicts of ``hidden_states``, ``timestep``, ``encoder_hidden_states``, one
-    timestep per batch in sampling order (``qvgen_export.eval.harness.calibration_batches``).
+    timestep per batch in sampling order (``qvgen_eval.harness.calibration_batches``).
     """
     cfg = config or QVDConfig()
     batches = list(calib_batches)

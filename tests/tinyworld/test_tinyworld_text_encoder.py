@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qvgen_export.tinyvideo.text_encoder import TextEncoderConfig, TinyTextEncoder
+from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
 
 def test_deterministic_across_instances() -> None:

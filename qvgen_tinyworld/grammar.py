@@ -2,7 +2,7 @@
 
 A prompt describes one or more objects, each as ``a <color> <shape> moving <direction>``, joined
 by ``and``: ``"a red circle moving left and a blue square moving up"``. The empty prompt is the
-unconditional (CFG negative / caption dropout) prompt. Detectors in :mod:`qvgen_export.eval.metrics`
+unconditional (CFG negative / caption dropout) prompt. Detectors in :mod:`qvgen_eval.metrics`
 read the same palette and shapes, so generator and judge cannot drift.
 """
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from qvgen_export.tinyvideo.grammar import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, ObjectPrompt, render_prompt
+from qvgen_tinyworld.grammar import BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, ObjectPrompt, render_prompt
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from qvgen_export.tinyvideo.grammar import COLORS, DIRECTIONS, SHAPES, ObjectPrompt, parse_prompt
+from qvgen_tinyworld.grammar import COLORS, DIRECTIONS, SHAPES, ObjectPrompt, parse_prompt
 
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 PALETTE = np.asarray([COLORS[c] for c in COLOR_NAMES], dtype=np.float32)  # [K, 3]
@@ -126,7 +126,7 @@ class Track:
 
 def _template(shape: str, cx: float, cy: float, area: float, h: int, w: int) -> np.ndarray:
     """Coverage of ``shape`` with the given area whose *centroid* is at ``(cx, cy)``."""
-    from qvgen_export.tinyvideo.dataset import shape_coverage
+    from qvgen_tinyworld.dataset import shape_coverage
 
     if shape == "circle":
         return shape_coverage("circle", cx, cy, math.sqrt(area / math.pi), h, w)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from qvgen_export.tinyvideo.grammar import VOCAB, tokenize
+from qvgen_tinyworld.grammar import VOCAB, tokenize
 
 BOS = "<bos>"
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from qvgen_export.models.wan import TINY_WAN_CONFIG, build_wan
-from qvgen_export.tinyvideo.dataset import VideoConfig
-from qvgen_export.tinyvideo.teacher import ASSET_PATH, latent_shape, load_teacher, read_teacher_info, save_teacher
-from qvgen_export.tinyvideo.text_encoder import TextEncoderConfig, TinyTextEncoder
+from qvgen_tinyworld.dataset import VideoConfig
+from qvgen_tinyworld.teacher import ASSET_PATH, latent_shape, load_teacher, read_teacher_info, save_teacher
+from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:

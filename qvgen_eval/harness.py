@@ -5,7 +5,7 @@ Every model is "a callable denoiser" with the call of diffusers' ``WanTransforme
 teacher, a ``QuantizedWan`` from PTQ or from a checkpoint, an exported-graph runner, a test
 double. One of them is the reference (``"float"``); for every other model the harness reports
 
-- the VBench-like metrics of its videos (:mod:`qvgen_export.eval.metrics`),
+- the VBench-like metrics of its videos (:mod:`qvgen_eval.metrics`),
 - PSNR / SSIM of each video against the reference video from the same prompt and noise,
 - the per-timestep relative error of its denoiser output, two ways:
 
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qvgen_export.eval import metrics as M
+from qvgen_eval import metrics as M
 from qvgen_export.runtime.sampler import sample_video
-from qvgen_export.tinyvideo.dataset import tensor_to_frames
-from qvgen_export.tinyvideo.grammar import parse_prompt
+from qvgen_tinyworld.dataset import tensor_to_frames
+from qvgen_tinyworld.grammar import parse_prompt
 
 Denoiser = Callable[..., Any]
 TextEncode = Callable[[list[str]], torch.Tensor]
@@ -335,7 +335,7 @@ def calibration_batches(
     ``encoder_hidden_states``.
     """
     from qvgen_export.runtime.sampler import make_scheduler
-    from qvgen_export.tinyvideo.dataset import TinyVideoDataset
+    from qvgen_tinyworld.dataset import TinyVideoDataset
 
     sched = make_scheduler(settings.scheduler, settings.shift)  # type: ignore[arg-type]
     sched.set_timesteps(settings.num_steps)

@@ -45,8 +45,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _build(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, Any]:
     import torch
 
-    from qvgen_export.eval.harness import DEFAULT_PROMPTS, EvalSettings, calibration_batches
-    from qvgen_export.tinyvideo.teacher import latent_shape, load_teacher
+    from qvgen_eval.harness import DEFAULT_PROMPTS, EvalSettings, calibration_batches
+    from qvgen_tinyworld.teacher import latent_shape, load_teacher
 
     teacher, te, info = load_teacher(args.teacher)
     s = info["sampling"]
@@ -115,7 +115,7 @@ def _main(argv: list[str]) -> int:
     except TypeError as e:  # e.g. a teacher file whose metadata has the wrong types
         raise ValueError(str(e)) from None
 
-    from qvgen_export.eval.harness import compare_models
+    from qvgen_eval.harness import compare_models
 
     report = compare_models(models, te.encode, shape, settings, progress=not args.no_progress)
     with disk_full_names(out, "the evaluation report"):
@@ -126,9 +126,9 @@ def _main(argv: list[str]) -> int:
 
 
 def _write_outputs(out: Path, report: dict[str, Any], args: argparse.Namespace, n_models: int) -> None:
-    from qvgen_export.eval.harness import error_plot_series, json_report, markdown_table
-    from qvgen_export.eval.plot import plot_error_vs_timestep
-    from qvgen_export.eval.visual import contact_sheet, save_gif
+    from qvgen_eval.harness import error_plot_series, json_report, markdown_table
+    from qvgen_eval.plot import plot_error_vs_timestep
+    from qvgen_eval.visual import contact_sheet, save_gif
 
     (out / "report.json").write_text(json.dumps(json_report(report), indent=2) + "\n")
     md = markdown_table(report)

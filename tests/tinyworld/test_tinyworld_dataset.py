@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from qvgen_export.tinyvideo.dataset import (
+from qvgen_tinyworld.dataset import (
     ClipSpec,
     ObjectTrack,
     TinyVideoDataset,
@@ -15,7 +15,7 @@ from qvgen_export.tinyvideo.dataset import (
     render_clip,
     tensor_to_frames,
 )
-from qvgen_export.tinyvideo.grammar import COLORS, DIRECTIONS, ObjectPrompt, parse_prompt, render_prompt, tokenize
+from qvgen_tinyworld.grammar import COLORS, DIRECTIONS, ObjectPrompt, parse_prompt, render_prompt, tokenize
 
 
 def test_prompt_round_trip_and_errors() -> None:

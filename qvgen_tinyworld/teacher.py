@@ -1,6 +1,6 @@
 """The embedded tiny text-to-video teacher: a trained Wan-architecture denoiser in pixel space.
 
-File format (``qvgen_export/assets/tiny_teacher.safetensors``): the transformer's state dict
+File format (``qvgen_tinyworld/assets/tiny_teacher.safetensors``): the transformer's state dict
 (float32) and, in the safetensors metadata header, JSON strings describing everything needed to
 rebuild and use it, so nothing is read from file names:
 
@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from qvgen_export.tinyvideo.dataset import VideoConfig
-from qvgen_export.tinyvideo.text_encoder import TextEncoderConfig, TinyTextEncoder
+from qvgen_tinyworld.dataset import VideoConfig
+from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
 FORMAT = "qvgen-tiny-teacher"
 FORMAT_VERSION = "1"
-ASSET_PATH = Path(__file__).resolve().parent.parent / "assets" / "tiny_teacher.safetensors"
+ASSET_PATH = Path(__file__).resolve().parent / "assets" / "tiny_teacher.safetensors"
 
 # The teacher's diffusers config: 4 blocks of width 128 (4 heads x 32), ~1.2M parameters.
 # 8 frames of 32x32 RGB with patch (1, 4, 4) -> 8*8*8 = 512 tokens per clip.
