@@ -128,9 +128,10 @@ def _main(argv: list[str]) -> int:
 def _write_outputs(out: Path, report: dict[str, Any], args: argparse.Namespace, n_models: int) -> None:
     from qvgen_eval.harness import error_plot_series, json_report, markdown_table
     from qvgen_eval.plot import plot_error_vs_timestep
-    from qvgen_eval.visual import contact_sheet, save_gif
+    from qvgen_export.parity.measures import json_safe
+    from qvgen_export.runtime.video import contact_sheet, write_video
 
-    (out / "report.json").write_text(json.dumps(json_report(report), indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps(json_safe(json_report(report)), indent=2, allow_nan=False) + "\n")
     md = markdown_table(report)
     report["_md"] = md
     (out / "report.md").write_text(md)
@@ -143,10 +144,10 @@ def _write_outputs(out: Path, report: dict[str, Any], args: argparse.Namespace, 
             out / "error_vs_timestep.png",
         )
     for name, vids in report["_videos"].items():
-        contact_sheet(vids, report["_labels"], out / f"samples_{name}.png")
+        contact_sheet(vids, out / f"samples_{name}.png", scale=3, labels=report["_labels"])
         if args.gifs:
             for i, v in enumerate(vids):
-                save_gif(v, out / "gifs" / f"{name}_{i:02d}.gif")
+                write_video(v, out / "gifs" / f"{name}_{i:02d}.gif")
 
 
 if __name__ == "__main__":

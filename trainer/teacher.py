@@ -78,8 +78,8 @@ def flow_matching_batch(
 
 
 def preview(model: torch.nn.Module, te: TinyTextEncoder, info: dict, out_png: Path, seed: int = 0) -> None:
-    from qvgen_eval.visual import contact_sheet
     from qvgen_export.runtime.sampler import sample_video
+    from qvgen_export.runtime.video import contact_sheet
 
     s = info["sampling"]
     lat = sample_video(
@@ -94,7 +94,7 @@ def preview(model: torch.nn.Module, te: TinyTextEncoder, info: dict, out_png: Pa
         seed=seed,
         progress=False,
     )
-    contact_sheet(list(tensor_to_frames(lat)), PREVIEW_PROMPTS, out_png)
+    contact_sheet(tensor_to_frames(lat), out_png, scale=3, labels=PREVIEW_PROMPTS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     from qvgen_export import QuantConfig
     from qvgen_export.checkpoint import load_quantized_model, save_checkpoint
     from qvgen_export.export.pipeline import export_checkpoint
-    from qvgen_export.parity.report import SamplingSpec, json_safe, run_parity, write_report
+    from qvgen_export.parity.measures import json_safe
+    from qvgen_export.parity.report import SamplingSpec, run_parity, write_report
     from qvgen_export.parity.steps import psnr
     from qvgen_export.quant.ptq import ptq_quantize
     from qvgen_export.runtime.backends import Denoiser, OrtBackend, TorchBackend

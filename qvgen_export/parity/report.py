@@ -13,6 +13,7 @@ import torch
 
 from qvgen_export.parity import layers as layer_parity
 from qvgen_export.parity import steps as step_parity
+from qvgen_export.parity.measures import cosine, json_safe, psnr
 from qvgen_export.parity.sides import Side, denoiser, parse_side
 from qvgen_export.quant.modules import QuantizedWan
 from qvgen_export.runtime.sampler import sample_video
@@ -98,9 +99,9 @@ def run_parity(
         step_parity.PerturbOnce(model, FLOOR_PERTURBATION), spec.prompt_embeds, spec.negative_embeds, **kw
     )  # type: ignore[arg-type]
     f_ref, peak = _video(lat_ref)
-    video_psnr = step_parity.psnr(f_ref, _video(lat_test)[0], peak=peak)
-    floor_video_psnr = step_parity.psnr(_video(lat_pt)[0], _video(lat_floor)[0], peak=peak)
-    latent_cos = step_parity.cosine(lat_ref.numpy(), lat_test.numpy())
+    video_psnr = psnr(f_ref, _video(lat_test)[0], peak=peak)
+    floor_video_psnr = psnr(_video(lat_pt)[0], _video(lat_floor)[0], peak=peak)
+    latent_cos = cosine(lat_ref.numpy(), lat_test.numpy())
 
     rel = [r.relative_error for r in layer_results]
     cos = [r.cosine for r in step_results]
@@ -218,17 +219,6 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"{_fmt(r['relative_error'])} | {'yes' if r['passed'] else 'NO'} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def json_safe(v: Any) -> Any:
-    """Strict JSON: identical outputs give an infinite PSNR, written as the string "inf"."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return "inf" if v > 0 else ("-inf" if v < 0 else "nan")
-    if isinstance(v, dict):
-        return {k: json_safe(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_safe(x) for x in v]
-    return v
 
 
 def write_report(report: dict[str, Any], out_dir: Path, stem: str = "parity") -> tuple[Path, Path]:

@@ -11,7 +11,6 @@ formats (``step_inputs.json``, ``step_outputs.json``).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,25 +21,12 @@ from tqdm.auto import tqdm
 
 from qvgen_export.artifact.contract import VELOCITY, feeds
 from qvgen_export.export.onnx_export import quantized_layer_nodes
+from qvgen_export.parity.measures import cosine, psnr
 from qvgen_export.parity.sides import PYTORCH, Side, ort_runner, torch_runner, trt_runner
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear
 
 CODES_PREFIX = "codes/"
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
-    den = np.linalg.norm(a64) * np.linalg.norm(b64)
-    return float(a64 @ b64 / den) if den > 0 else float(np.array_equal(a64, b64))
-
-
-def psnr(ref: np.ndarray, test: np.ndarray, peak: float | None = None) -> float:
-    ref64, test64 = ref.astype(np.float64), test.astype(np.float64)
-    mse = float(np.mean((ref64 - test64) ** 2))
-    if peak is None:
-        peak = float(ref64.max() - ref64.min()) or 1.0
-    return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
 
 
 def add_code_outputs(onnx_path: Path, out_path: Path) -> list[str]:

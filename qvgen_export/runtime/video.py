@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +51,26 @@ def wan_vae_decoder(folder: str | Path, dtype: torch.dtype = torch.float32) -> D
     return decode
 
 
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
+def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Frames with values in [0, 1] (tensor or array; uint8 passes through) -> uint8 array,
+    rounded half to even (the one conversion every video and contact sheet goes through)."""
+    if isinstance(frames, np.ndarray):
+        if frames.dtype == np.uint8:
+            return frames
+        frames = torch.from_numpy(np.asarray(frames, dtype=np.float32))
     return (frames.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 8, scale: int = 4) -> Path:
-    """Write ``[F, H, W, 3]`` uint8 frames as GIF (``.gif``) or MP4 (``.mp4``, needs imageio-ffmpeg)."""
+    """Write ``[F, H, W, 3]`` frames (uint8, or float in [0, 1]) as GIF (``.gif``) or MP4 (``.mp4``,
+    needs imageio-ffmpeg), upscaled ``scale`` times (nearest) so small clips stay visible."""
     import imageio.v3 as iio
 
+    frames = to_uint8(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames [F, H, W, 3], got shape {frames.shape}")
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     if scale > 1:
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     with atomic_file(path) as tmp:
@@ -71,9 +82,14 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 8, scale: int =
 
 
 def contact_sheet(
-    videos: np.ndarray, path: str | Path, scale: int = 2, labels: list[str] | None = None, title: str | None = None
+    videos: np.ndarray | Sequence[np.ndarray],
+    path: str | Path,
+    scale: int = 2,
+    labels: Sequence[str] | None = None,
+    title: str | None = None,
 ) -> Path:
-    """``[B, F, H, W, 3]`` uint8 -> one PNG, a row per video, a column per frame.
+    """``[B, F, H, W, 3]`` (uint8, or float in [0, 1]; or a list of ``[F, H, W, 3]``) -> one PNG,
+    a row per video, a column per frame.
 
     ``labels`` (one per row, e.g. the prompts) are written above each row and ``title`` (e.g. the
     backend and scheme) above the sheet, in PIL's built-in font, so a sheet read on its own says
@@ -81,6 +97,9 @@ def contact_sheet(
     """
     from PIL import Image, ImageDraw
 
+    if len(videos) == 0:
+        raise ValueError("contact_sheet needs at least one video")
+    videos = np.stack([to_uint8(np.asarray(v)) for v in videos])
     b, f, h, w, _ = videos.shape
     grid = np.full((b * (h + 2), f * (w + 2), 3), 255, dtype=np.uint8)
     for i in range(b):
@@ -105,6 +124,7 @@ def contact_sheet(
             canvas.paste(img.crop((0, i * row_h, img.width, (i + 1) * row_h)), (0, y + lab))
         img = canvas
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         img.save(tmp, format="PNG")
     return path
