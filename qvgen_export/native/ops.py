@@ -18,6 +18,7 @@ with ``data_ptr()`` and the current stream); both produce the same bits.
 
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -393,6 +394,41 @@ def tokens_per_sample(num_tokens: int, num_samples: int) -> int:
     return max(num_tokens // num_samples, 1)
 
 
+def _quant_linear(
+    x: torch.Tensor,
+    clip_lo: torch.Tensor,
+    clip_hi: torch.Tensor,
+    qweight: torch.Tensor,
+    w_scale: torch.Tensor,
+    w_zero: torch.Tensor,
+    w_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    act_bits: int,
+    quantize: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    matmul: Callable[..., torch.Tensor],
+) -> torch.Tensor:
+    """The body both linear ops share: ``[..., K]`` -> tokens ``[M, K]`` -> per-token activation
+    quant (``quantize``: nibbles or bytes) -> integer GEMM (``matmul``) -> ``[..., N]`` in x's dtype."""
+    k = x.shape[-1]
+    if k != in_features:
+        raise ValueError(f"x has {k} features, the layer expects in_features={in_features}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if x2.dtype not in _X_DTYPES:
+        x2 = x2.float()
+    m = x2.shape[0]
+    n = qweight.shape[0]
+    if m == 0:
+        return x.new_empty((*lead, n))
+    clip_lo = clip_lo.reshape(-1)
+    clip_hi = clip_hi.reshape(-1)
+    t = tokens_per_sample(m, clip_lo.numel())
+    qx, xs, xz, xsum = quantize(x2, clip_lo, clip_hi, act_bits, t)
+    y = matmul(qx, xs, xz, xsum, qweight, w_scale, w_zero, w_sum, bias, k, out_dtype=x2.dtype)
+    return y.reshape(*lead, n).to(x.dtype)
+
+
 @torch.library.custom_op("qvgen::w4a4_linear", mutates_args=(), device_types=("cpu", "cuda"))
 def w4a4_linear(
     x: torch.Tensor,
@@ -412,23 +448,9 @@ def w4a4_linear(
     The output has ``x``'s dtype (float32/float16/bfloat16 directly; other float dtypes compute
     in float32 and are cast back, as ``QuantLinear`` does).
     """
-    k = x.shape[-1]
-    if k != in_features:
-        raise ValueError(f"x has {k} features, the layer expects in_features={in_features}")
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
-    if x2.dtype not in _X_DTYPES:
-        x2 = x2.float()
-    m = x2.shape[0]
-    n = qweight.shape[0]
-    if m == 0:
-        return x.new_empty((*lead, n))
-    clip_lo = clip_lo.reshape(-1)
-    clip_hi = clip_hi.reshape(-1)
-    t = tokens_per_sample(m, clip_lo.numel())
-    qx, xs, xz, xsum = act_quant(x2, clip_lo, clip_hi, act_bits, t)
-    y = gemm(qx, xs, xz, xsum, qweight, w_scale, w_zero, w_sum, bias, k, out_dtype=x2.dtype)
-    return y.reshape(*lead, n).to(x.dtype)
+    return _quant_linear(
+        x, clip_lo, clip_hi, qweight, w_scale, w_zero, w_sum, bias, in_features, act_bits, act_quant, gemm
+    )
 
 
 @w4a4_linear.register_fake
@@ -468,23 +490,9 @@ def w4a4_linear_u8(
     :func:`w4a4_linear`. The output row (``N`` elements of the output dtype) must be a multiple of
     16 bytes (see :func:`wgmma_prepared_ok`).
     """
-    k = x.shape[-1]
-    if k != in_features:
-        raise ValueError(f"x has {k} features, the layer expects in_features={in_features}")
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, k)
-    if x2.dtype not in _X_DTYPES:
-        x2 = x2.float()
-    m = x2.shape[0]
-    n = qweight_u8.shape[0]
-    if m == 0:
-        return x.new_empty((*lead, n))
-    clip_lo = clip_lo.reshape(-1)
-    clip_hi = clip_hi.reshape(-1)
-    t = tokens_per_sample(m, clip_lo.numel())
-    qx8, xs, xz, xsum = act_quant_u8(x2, clip_lo, clip_hi, act_bits, t)
-    y = gemm_u8(qx8, xs, xz, xsum, qweight_u8, w_scale, w_zero, w_sum, bias, k, out_dtype=x2.dtype)
-    return y.reshape(*lead, n).to(x.dtype)
+    return _quant_linear(
+        x, clip_lo, clip_hi, qweight_u8, w_scale, w_zero, w_sum, bias, in_features, act_bits, act_quant_u8, gemm_u8
+    )
 
 
 @w4a4_linear_u8.register_fake
