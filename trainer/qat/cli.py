@@ -35,6 +35,10 @@ HELP: dict[str, str] = {
     "warmup_frac": "share of steps in linear warmup",
     "grad_clip": "gradient norm clip",
     "caption_dropout": "share of captions dropped (CFG training)",
+    "lr_min_frac": "cosine decay ends at this fraction of the learning rate (0: decays to 0)",
+    "distill_guidance": "CFG scale of the guided-output distillation term",
+    "phi_rank_frac": "Phi rank as a fraction of each layer's width (unset: phi_rank for every layer)",
+    "lora_lr_step_factor": "efficientdm: LoRA lr = this x the layer's mean weight quantization step",
     "phi_rank": "rank r0 of the Phi correction (QVGen)",
     "decay_lambda": "share of Phi's columns decayed per rank-decay stage",
     "final_phase_frac": "share of steps trained with Phi already removed",
@@ -72,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--config", metavar="TOML", help="TOML file with TrainConfig keys (top level or under [train])")
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name, f in fields.items():
-        if name in ("model_config", "betas", "include", "exclude"):
+        if name in ("model_config", "betas", "include", "exclude", "distill_weights"):
             continue
         flag = "--" + name.replace("_", "-")
         text = HELP.get(name, name.replace("_", " ")) + _default(f)
@@ -84,13 +88,21 @@ def _parser() -> argparse.ArgumentParser:
             kind: Any = str
             if isinstance(f.default, int) or name == "stop_after":
                 kind = int
-            elif isinstance(f.default, float):
+            elif isinstance(f.default, float) or name == "phi_rank_frac":
                 kind = float
             ap.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(), help=text)
     # --quiet: the flag every qvgen command has for "no progress bars"
     ap.add_argument("--quiet", dest="progress", action="store_false", default=None, help="no progress bar")
     ap.add_argument(
         "--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"), help="AdamW betas (default: 0.9 0.95)"
+    )
+    ap.add_argument(
+        "--distill-weights",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("COND", "UNCOND", "GUIDED"),
+        help="distillation weights of the conditional, unconditional and CFG-guided outputs (default: 1 0 0)",
     )
     ap.add_argument("--include", nargs="+", default=None, metavar="PATTERN", help="quantize these linears (fnmatch)")
     ap.add_argument("--exclude", nargs="+", default=None, metavar="PATTERN", help="keep these linears in float")

@@ -44,15 +44,32 @@ class TrainConfig:
     warmup_frac: float = 0.1
     grad_clip: float = 1.0
     caption_dropout: float = 0.05
+    # Cosine decay ends at lr_min_frac * lr instead of 0, so the late rank-decay stages and the
+    # Phi-free final phase still train (with a floor of 0 they run at <= 16% and ~0.7% of lr).
+    lr_min_frac: float = 0.0
+    # Distillation objective (every distillation method): weights of the conditional branch (the
+    # batch's prompt, caption dropout applied), the unconditional branch (the empty prompt, same
+    # latent and timestep) and the CFG-guided output ``v_u + g (v_c - v_u)`` with
+    # g = distill_guidance (the tiny teacher's sampling default). (1, 0, 0) is the original
+    # objective: one call per sample; any other weights make every sample run both branches.
+    distill_weights: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    distill_guidance: float = 4.0
     # Which nn.Linear layers are quantized (fnmatch patterns on module names; QuantConfig semantics)
     include: tuple[str, ...] = ("*",)
     exclude: tuple[str, ...] = ()
     # Phi and rank decay (QVGen)
     phi_rank: int = 32
+    # Phi rank as a fraction of the layer's width (min(out, in)), e.g. 0.02 is Wan 1.3B's 32/1536;
+    # None: every layer gets phi_rank. phi_rank still sets the stage structure (32: six stages);
+    # a layer of rank r has ceil(r * r_s / phi_rank) columns in stage s.
+    phi_rank_frac: float | None = None
     decay_lambda: float = 0.5  # share of the columns decayed per stage (the paper's best, 1/2)
     final_phase_frac: float = 0.08  # share of steps trained with Phi already deleted
     # EfficientDM
     lora_rank: int = 32
+    # EfficientDM's official recipe: each layer's LoRA learning rate is its mean weight quantization
+    # step times 1/2500 (train_efficientdm.py: lr = avg_delta / 2500). None: LoRA at lr.
+    lora_lr_step_factor: float | None = 1.0 / 2500.0
     # Model and data
     teacher: str = (
         "tiny"  # "tiny" (embedded asset), "random" (random-init TEACHER_CONFIG, dev only) or a diffusers folder
@@ -76,6 +93,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "distill_weights", tuple(float(w) for w in self.distill_weights))
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         from qvgen_export.quant.config import QuantConfig
@@ -96,6 +114,18 @@ class TrainConfig:
             raise ValueError(f"warmup_frac must be in [0, 1), got {self.warmup_frac}")
         if not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive, got {self.grad_clip}")
+        if not 0.0 <= self.lr_min_frac <= 1.0:
+            raise ValueError(f"lr_min_frac must be in [0, 1], got {self.lr_min_frac}")
+        if len(self.distill_weights) != 3 or not all(w >= 0 for w in self.distill_weights):
+            raise ValueError(f"distill_weights must be three non-negative numbers, got {self.distill_weights}")
+        if not any(w > 0 for w in self.distill_weights):
+            raise ValueError("distill_weights must not all be zero")
+        if not self.distill_guidance > 0:
+            raise ValueError(f"distill_guidance must be positive, got {self.distill_guidance}")
+        if self.phi_rank_frac is not None and not 0.0 < self.phi_rank_frac <= 1.0:
+            raise ValueError(f"phi_rank_frac must be in (0, 1], got {self.phi_rank_frac}")
+        if self.lora_lr_step_factor is not None and not self.lora_lr_step_factor > 0:
+            raise ValueError(f"lora_lr_step_factor must be positive, got {self.lora_lr_step_factor}")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if not 0.0 < self.decay_lambda <= 1.0:
@@ -117,6 +147,13 @@ class TrainConfig:
         from .rank_decay import RankDecaySchedule
 
         return RankDecaySchedule(self.steps, self.phi_rank, self.decay_lambda, self.final_phase_frac)
+
+    def layer_phi_rank(self, out_features: int, in_features: int) -> int:
+        """Phi's initial rank for a layer: ``phi_rank``, or ``phi_rank_frac`` of its width (>= 1)."""
+        width = min(out_features, in_features)
+        if self.phi_rank_frac is None:
+            return self.phi_rank  # as before: r0 columns even where the layer is narrower (zeros)
+        return max(1, min(width, round(self.phi_rank_frac * width)))
 
     @property
     def uses_tiny_data(self) -> bool:
@@ -140,6 +177,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["method"] = self.method.value
         d["betas"] = list(self.betas)
+        d["distill_weights"] = list(self.distill_weights)
         d["include"], d["exclude"] = list(self.include), list(self.exclude)
         return d
 
@@ -157,8 +195,9 @@ class TrainConfig:
                 raise ValueError(
                     f"unknown method {d['method']!r}; expected one of {[m.value for m in Method]}"
                 ) from None
-        if "betas" in d:
-            d["betas"] = tuple(d["betas"])
+        for key in ("betas", "distill_weights"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     @classmethod

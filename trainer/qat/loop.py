@@ -26,7 +26,7 @@ from qvgen_export.quant.modules import QuantizedWan
 from . import distributed as D
 from .config import TrainConfig
 from .data import BatchMaker, CacheSource, TinySource
-from .methods import SPECS, Student, build_student, merge_loras, param_group_of
+from .methods import SPECS, Student, build_student, lora_lr_groups, merge_loras, param_group_of
 from .objectives import distillation_loss, flow_matching_loss
 from .phi import small_singular_share
 from .state import latest_state, load_state, read_state, save_state
@@ -48,13 +48,13 @@ class TrainResult:
         return self.student.qmodel
 
 
-def lr_factor(step: int, total: int, warmup_frac: float) -> float:
-    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to 0."""
+def lr_factor(step: int, total: int, warmup_frac: float, min_frac: float = 0.0) -> float:
+    """Linear warm-up over ``warmup_frac`` of the steps, then cosine decay to ``min_frac``."""
     warm = round(total * warmup_frac)
     if step < warm:
         return (step + 1) / warm
     p = (step - warm) / max(1, total - warm)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
+    return min_frac + (1.0 - min_frac) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, p)))
 
 
 def load_teacher_model(cfg: TrainConfig) -> tuple[nn.Module, Any]:
@@ -82,8 +82,10 @@ def make_optimizer(student: Student, cfg: TrainConfig) -> torch.optim.AdamW:
     ``qparams`` (s, z; lr, no decay: decay would shrink the quantization ranges) and ``clip``
     (activation clip logits; lr_clip, no decay)."""
     groups: dict[str, list[nn.Parameter]] = {"main": [], "qparams": [], "clip": []}
+    lora = lora_lr_groups(student, cfg.lora_lr_step_factor) if cfg.lora_lr_step_factor is not None else []
+    in_lora = {id(p) for _, ps, _ in lora for p in ps}
     for name, p in student.named_parameters():
-        if p.requires_grad:
+        if p.requires_grad and id(p) not in in_lora:
             groups[param_group_of(name)].append(p)
     spec = {
         "main": (cfg.lr, cfg.weight_decay),
@@ -94,6 +96,11 @@ def make_optimizer(student: Student, cfg: TrainConfig) -> torch.optim.AdamW:
         {"params": ps, "lr": spec[g][0], "weight_decay": spec[g][1], "base_lr": spec[g][0], "name": g}
         for g, ps in groups.items()
         if ps
+    ]
+    # EfficientDM: one group per layer, lr = factor x the layer's mean weight step (official recipe).
+    param_groups += [
+        {"params": ps, "lr": lr, "weight_decay": cfg.weight_decay, "base_lr": lr, "name": f"lora:{n}"}
+        for n, ps, lr in lora
     ]
     # foreach=False: the single-tensor path gives identical results however the groups are split.
     return torch.optim.AdamW(param_groups, betas=cfg.betas, eps=1e-8, foreach=False)
@@ -198,9 +205,8 @@ def train(
         _check_resumable(state_path, meta.get("config", {}), cfg)
     # Phi exists from step 0 until it is deleted at the start of step phi_end.
     has_phi = spec.phi and (sched is None or start <= sched.phi_end)
-    student, spectra = build_student(
-        teacher, cfg.method, qcfg, cfg.phi_rank if has_phi else 0, cfg.lora_rank, cfg.seed + 1
-    )
+    phi_rank = (lambda layer: cfg.layer_phi_rank(layer.out_features, layer.in_features)) if has_phi else 0
+    student, spectra = build_student(teacher, cfg.method, qcfg, phi_rank, cfg.lora_rank, cfg.seed + 1)
     student.to(env.device)
     teacher = teacher.to(env.device).eval().requires_grad_(False)
     # Wrap before building the optimizer: FSDP2 replaces the parameters by sharded DTensors.
@@ -260,8 +266,9 @@ def train(
                 prev, new = sched.rank_at(step - 1), sched.rank_at(step)
                 shares = []
                 for phi in student.phi_items().values():
-                    shares.append(small_singular_share(phi.spectrum(prev)))
-                    phi.resvd(new)
+                    r0 = phi.L.shape[1]  # differs per layer with phi_rank_frac
+                    shares.append(small_singular_share(phi.spectrum(sched.layer_rank(step - 1, r0))))
+                    phi.resvd(sched.layer_rank(step, r0))
                     # The basis was rotated: Adam moments of L and R no longer refer to it.
                     optimizer.state.pop(phi.L, None)
                     optimizer.state.pop(phi.R, None)
@@ -270,18 +277,20 @@ def train(
                 events.append(ev)
                 emit(ev)
             if step < sched.phi_end:
-                gamma = sched.gamma(step).to(env.device)
                 for phi in student.phi_items().values():
-                    phi.rank = sched.rank_at(step)
-                    phi.gamma.copy_(gamma)
+                    r0 = phi.L.shape[1]
+                    phi.rank = sched.layer_rank(step, r0)
+                    phi.gamma.copy_(sched.gamma(step, r0).to(env.device))
         # -- learning rates ---------------------------------------------------------------------
-        f = lr_factor(step, cfg.steps, cfg.warmup_frac)
+        f = lr_factor(step, cfg.steps, cfg.warmup_frac, cfg.lr_min_frac)
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * f
         # -- loss ------------------------------------------------------------------------------
         batch = maker.batch(step, env.rank, env.world_size).to(env.device)
         if spec.teacher:
-            loss = distillation_loss(model, teacher_run, batch)
+            loss = distillation_loss(
+                model, teacher_run, batch, cfg.distill_weights, cfg.distill_guidance, source.null().to(env.device)
+            )
         else:
             loss = flow_matching_loss(model, batch)
         optimizer.zero_grad(set_to_none=True)

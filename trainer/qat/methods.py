@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -87,7 +88,7 @@ class Student(nn.Module):
     def layers(self) -> dict[str, QuantLinear]:
         return self.qmodel.quant_linears()
 
-    def add_phis(self, rank: int) -> dict[str, torch.Tensor]:
+    def add_phis(self, rank: int | Callable[[QuantLinear], int]) -> dict[str, torch.Tensor]:
         """Attach Phi to every quantized layer; returns each layer's error spectrum (for logging)."""
         layers = self.layers()
         phis = attach_phis(layers, rank)
@@ -110,11 +111,17 @@ class Student(nn.Module):
 
 
 def build_student(
-    teacher: nn.Module, method: Method, qconfig: object, phi_rank: int, lora_rank: int, seed: int
+    teacher: nn.Module,
+    method: Method,
+    qconfig: object,
+    phi_rank: int | Callable[[QuantLinear], int],
+    lora_rank: int,
+    seed: int,
 ) -> tuple[Student, dict[str, torch.Tensor]]:
     """Quantize a copy of ``teacher`` (QVGen init: MSE weight ranges, clip logit(0.95)) for ``method``.
 
-    ``phi_rank`` is the Phi rank to attach now (0: none, e.g. when resuming in the final phase).
+    ``phi_rank`` is the Phi rank to attach now (0: none, e.g. when resuming in the final phase), or
+    a function of the layer giving its rank (``TrainConfig.layer_phi_rank``).
     Returns the student and, if Phi was attached, the singular values of each layer's initial Phi.
     """
     import copy
@@ -127,7 +134,7 @@ def build_student(
         layer.lsq_grad_scaling = True  # gradients of s and z scaled by 1/sqrt(K * qmax)
     student = Student(qmodel)
     spectra: dict[str, torch.Tensor] = {}
-    if spec.phi and phi_rank > 0:
+    if spec.phi and (callable(phi_rank) or phi_rank > 0):
         spectra = student.add_phis(phi_rank)
     if spec.lora:
         attach_loras(layers, lora_rank, seed)
@@ -142,6 +149,23 @@ def trainable(name: str, spec: MethodSpec, p: nn.Parameter) -> bool:
     if spec.train_weights:
         return True
     return name.endswith(("w_scale", "w_zero", "clip_lower", "clip_upper", ".A", ".B"))
+
+
+def lora_lr_groups(student: Student, factor: float) -> list[tuple[str, list[nn.Parameter], float]]:
+    """``(layer name, [A, B], lr)`` per LoRA'd layer, ``lr = factor x mean(w_scale)``.
+
+    EfficientDM's official training script sets each layer's LoRA learning rate to its mean weight
+    quantization step / 2500, so a layer's update is sized to its quantization grid. Computed from
+    the steps at build time; a resumed run takes the saved groups' rates (state.py), so the
+    trained steps never change it.
+    """
+    out = []
+    for name, layer in student.layers().items():
+        if parametrize.is_parametrized(layer, "weight"):
+            lora = layer.parametrizations.weight[0]
+            lr = factor * float(layer.w_scale.detach().float().mean())
+            out.append((name, [lora.A, lora.B], lr))
+    return out
 
 
 def param_group_of(name: str) -> str:

@@ -12,6 +12,8 @@ be rebuilt at a stage boundary; only the final deletion removes the parameters.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -99,15 +101,16 @@ def phi_key(layer_name: str) -> str:
     return layer_name.replace(".", "__")
 
 
-def attach_phis(layers: dict[str, QuantLinear], rank: int) -> dict[str, Phi]:
+def attach_phis(layers: dict[str, QuantLinear], rank: int | Callable[[QuantLinear], int]) -> dict[str, Phi]:
     """Create one Phi per layer, initialised from ``W - Qw(W)``, and hook it into ``weight_delta``.
 
+    ``rank`` is every layer's r0, or a function of the layer giving its own (``phi_rank_frac``).
     Returns ``{layer name: Phi}`` (the caller registers them under its own module so that DDP and
     the optimizer see their parameters).
     """
     phis: dict[str, Phi] = {}
     for name, layer in layers.items():
-        phi = Phi(layer.out_features, layer.in_features, rank)
+        phi = Phi(layer.out_features, layer.in_features, rank(layer) if callable(rank) else rank)
         with torch.no_grad():
             phi.init_from_error(layer.weight.float() - layer.quantized_weight().float())
         # object.__setattr__: a plain attribute, so Phi does not become a submodule of the layer (it

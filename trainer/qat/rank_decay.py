@@ -85,13 +85,31 @@ class RankDecaySchedule:
         """Columns with gamma = 1 in a stage of rank ``rank`` (the rest decay)."""
         return rank - math.ceil(self.decay_lambda * rank)
 
-    def gamma(self, step: int) -> torch.Tensor:
-        """Decay factors ``[r0]`` at ``step`` (all zero once Phi is gone)."""
-        g = torch.zeros(self.r0)
+    def layer_rank(self, step: int, layer_r0: int) -> int:
+        """Rank at ``step`` of a layer whose Phi starts at ``layer_r0`` columns (``phi_rank_frac``):
+        the schedule's ranks scaled by ``layer_r0 / r0``, rounded up (so >= 1 until Phi is gone)."""
         r = self.rank_at(step)
+        return r if layer_r0 == self.r0 or r == 0 else math.ceil(layer_r0 * r / self.r0)
+
+    def _layer_kept(self, step: int, layer_r0: int) -> int:
+        s = self.stage(step)
+        if layer_r0 == self.r0:
+            return self.num_kept(self.ranks[s])
+        nxt = self.ranks[s + 1] if s + 1 < self.num_stages else 0
+        return math.ceil(layer_r0 * nxt / self.r0)
+
+    def gamma(self, step: int, layer_r0: int | None = None) -> torch.Tensor:
+        """Decay factors ``[layer_r0]`` (default ``[r0]``) at ``step`` (all zero once Phi is gone).
+
+        A scaled layer keeps its next stage's rank at 1 and decays the rest with ``u``; when the
+        next stage has the same rank (a narrow layer held at rank 1) nothing decays this stage.
+        """
+        n = self.r0 if layer_r0 is None else layer_r0
+        g = torch.zeros(n)
+        r = self.layer_rank(step, n)
         if r == 0:
             return g
-        k = self.num_kept(r)
+        k = self._layer_kept(step, n)
         g[:k] = 1.0
         g[k:r] = self.decay_factor(step)
         return g
