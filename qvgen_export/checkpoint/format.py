@@ -25,7 +25,14 @@ from qvgen_export.checkpoint.schema import (
 from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter, tensor_bytes, tensor_digest
 from qvgen_export.quant.config import QuantConfig
 from qvgen_export.quant.functional import weight_codes, weight_dequant
-from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear, _set_submodule, quantizable_linears
+from qvgen_export.quant.modules import (
+    PackedQuantLinear,
+    QuantContext,
+    QuantizedWan,
+    QuantLinear,
+    _set_submodule,
+    quantizable_linears,
+)
 from qvgen_export.quant.packing import pack_codes, packed_shape, unpack_codes
 from qvgen_export.utils.atomic import atomic_file, ensure_writable_dir
 from qvgen_export.utils.lazy_safetensors import TORCH_TO_ST, LazySafetensors, UnreadableFile
@@ -221,6 +228,10 @@ class CheckpointTensors(Mapping[str, torch.Tensor]):
     def shape(self, key: str) -> tuple[int, ...]:
         return self._lazy.shape(key)
 
+    def release(self) -> None:
+        """Unmap the file (its pages read so far leave this process's RSS); reads reopen it."""
+        self._lazy.close()
+
     def dtype(self, key: str) -> torch.dtype | str:
         return self._lazy.dtype(key)
 
@@ -385,7 +396,8 @@ def _validate_layout(p: Path, info: CheckpointInfo, tensors: CheckpointTensors) 
 def _read_layer(
     p: Path, info: CheckpointInfo, tensors: Mapping[str, torch.Tensor], entry: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
-    """Read one layer's tensors (once) and check their values; ``codes`` holds the unpacked codes."""
+    """Read one layer's tensors (once) and check their values; ``codes`` holds the unpacked codes
+    (and ``qweight`` the packed ones, as read)."""
     cfg = info.quant_config
     name, k, n, has_bias, groups = _entry_fields(p, entry)
     out: dict[str, torch.Tensor] = {}
@@ -395,7 +407,7 @@ def _read_layer(
         out[suffix] = t
     if bool((out["w_scale"] <= 0).any()):
         raise CheckpointError(p, f"tensor '{name}.w_scale' has non-positive scales")
-    codes = unpack_codes(out.pop("qweight"), k, cfg.weight_bits)
+    codes = unpack_codes(out["qweight"], k, cfg.weight_bits)
     if codes.numel() and int(codes.max()) > cfg.weight_qmax:
         raise CheckpointError(
             p, f"tensor '{name}.qweight' holds codes above {cfg.weight_qmax} for {cfg.weight_bits}-bit weights"
@@ -410,33 +422,50 @@ def _read_float(p: Path, tensors: Mapping[str, torch.Tensor], key: str) -> torch
     return t
 
 
+# Bytes read from a checkpoint between two unmaps of the file while a model is built.
+_RELEASE_BYTES = 64 << 20
+
 # Rows per chunk when dequantizing / re-deriving codes: bounds the float temporaries (~16 MiB)
 # whatever the layer width; the math is elementwise, so chunking changes no bit.
 _CHUNK_ELEMENTS = 1 << 22
 
 
 def _materialise_layer(
-    p: Path, name: str, parts: dict[str, torch.Tensor], cfg: QuantConfig, ctx: QuantContext
+    p: Path,
+    name: str,
+    parts: dict[str, torch.Tensor],
+    cfg: QuantConfig,
+    ctx: QuantContext,
+    latent_weights: bool = False,
 ) -> QuantLinear:
-    """A ``QuantLinear`` straight from its file tensors; its latent weight is ``w_hat``.
+    """A quantized linear straight from its file tensors.
 
-    ``w_hat = q * s - z * s`` re-quantizes to ``q`` for every valid checkpoint; that is checked
-    here, chunk by chunk, against the codes read from the file (no second read).
+    By default a :class:`PackedQuantLinear` holding the file's packed codes; with
+    ``latent_weights`` a ``QuantLinear`` whose float32 latent weight is ``w_hat = q * s - z * s``
+    (what training from a checkpoint needs). Either way ``w_hat`` must re-quantize to ``q``
+    (true for every valid checkpoint, and what makes the two forms compute the same bits); that
+    is checked here, chunk by chunk, against the codes read from the file (no second read).
     """
     codes, s, z = parts["codes"], parts["w_scale"], parts["w_zero"]
     n, k = codes.shape
+    layer_cls = QuantLinear if latent_weights else PackedQuantLinear
     with params_on_meta():
-        layer = QuantLinear(k, n, "bias" in parts, cfg, ctx)
-    weight = torch.empty(n, k, dtype=torch.float32)
+        layer = layer_cls(k, n, "bias" in parts, cfg, ctx)
+    weight = torch.empty(n, k, dtype=torch.float32) if latent_weights else None
     rows = max(1, _CHUNK_ELEMENTS // max(k, 1))
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        weight[r0:r1] = weight_dequant(codes[r0:r1].float(), s[r0:r1], z[r0:r1])
-        back = weight_codes(weight[r0:r1], s[r0:r1], z[r0:r1], cfg.weight_qmax).to(torch.uint8)
+        w_hat = weight_dequant(codes[r0:r1].float(), s[r0:r1], z[r0:r1])
+        back = weight_codes(w_hat, s[r0:r1], z[r0:r1], cfg.weight_qmax).to(torch.uint8)
         if not torch.equal(back, codes[r0:r1]):
             raise CheckpointError(p, f"layer '{name}': scales and codes are inconsistent (codes do not round-trip)")
-    values = {"weight": weight, "w_scale": s, "w_zero": z, "clip_lower": parts["clip_lower"]}
-    values["clip_upper"] = parts["clip_upper"]
+        if weight is not None:
+            weight[r0:r1] = w_hat
+    values = {"w_scale": s, "w_zero": z, "clip_lower": parts["clip_lower"], "clip_upper": parts["clip_upper"]}
+    if weight is not None:
+        values["weight"] = weight
+    else:
+        layer.qweight = parts["qweight"]  # as read: a fresh tensor of exactly the packed bytes
     if "bias" in parts:
         values["bias"] = parts["bias"]
     for attr, v in values.items():
@@ -445,13 +474,16 @@ def _materialise_layer(
     return layer
 
 
-def build_model(info: CheckpointInfo, tensors: Mapping[str, torch.Tensor]) -> QuantizedWan:
+def build_model(
+    info: CheckpointInfo, tensors: Mapping[str, torch.Tensor], latent_weights: bool = False
+) -> QuantizedWan:
     """Build the fake-quant model described by a checkpoint whose header is validated.
 
     The transformer is built on the meta device; each quantized linear is materialised from its
-    packed codes, scales, zero points, clip logits and bias, and every other tensor is read in
-    its stored dtype and cast to the model's (float32), one tensor at a time. Values are checked
-    as they are read (see :func:`read_info`).
+    packed codes, scales, zero points, clip logits and bias (a :class:`PackedQuantLinear`, or
+    with ``latent_weights`` a trainable ``QuantLinear``, see :func:`load_quantized_model`), and
+    every other tensor is read in its stored dtype and cast to the model's (float32), one tensor
+    at a time. Values are checked as they are read (see :func:`read_info`).
     """
     from qvgen_export.models.wan import wan_skeleton
 
@@ -491,26 +523,50 @@ def build_model(info: CheckpointInfo, tensors: Mapping[str, torch.Tensor]) -> Qu
         if tuple(shape) != sd[key]:
             raise CheckpointError(p, f"tensor '{key}' has shape {tuple(shape)}, expected {sd[key]}")
     ctx = QuantContext()
+    # The file's pages stay mapped (and in RSS) until released: unmap every so often, or a
+    # load would hold the whole file on top of the model built from it.
+    release = getattr(tensors, "release", None)
+    mapped = 0
+
+    def read_some(nbytes: int) -> None:
+        nonlocal mapped
+        mapped += nbytes
+        if release is not None and mapped >= _RELEASE_BYTES:
+            release()
+            mapped = 0
+
     with torch.no_grad():
         for entry in info.layers:
             parts = _read_layer(p, info, tensors, entry)
-            _set_submodule(transformer, entry["name"], _materialise_layer(p, entry["name"], parts, cfg, ctx))
+            layer = _materialise_layer(p, entry["name"], parts, cfg, ctx, latent_weights)
+            _set_submodule(transformer, entry["name"], layer)
+            read_some(sum(t.numel() * t.element_size() for k, t in parts.items() if k != "codes"))
+            del parts
         for key in float_keys:
-            assign_tensor(transformer, key, _read_float(p, tensors, key))
+            t = _read_float(p, tensors, key)
+            assign_tensor(transformer, key, t)
+            read_some(t.numel() * t.element_size())
+        if release is not None:
+            release()
     left = meta_tensor_names(transformer)
     if left:
         raise CheckpointError(p, f"tensor '{left[0]}' was never loaded ({len(left)} tensors)")
     return QuantizedWan(transformer, cfg, ctx).eval()
 
 
-def load_quantized_model(path: str | Path) -> tuple[QuantizedWan, CheckpointInfo]:
+def load_quantized_model(path: str | Path, latent_weights: bool = False) -> tuple[QuantizedWan, CheckpointInfo]:
     """Read, validate and build a quantized checkpoint, streaming. Raises :class:`CheckpointError`.
 
     Header checks first (no tensor read), then each tensor is read once from the file while the
     model is materialised on a meta skeleton; peak memory is the built model plus one layer.
+
+    The model's quantized linears hold the file's packed codes (:class:`PackedQuantLinear`, for
+    inference and export: about the checkpoint's size in memory, each weight dequantized per
+    forward). ``latent_weights=True`` gives ``QuantLinear`` s with a float32 latent weight each
+    (8x the packed INT4 size), for training from a checkpoint; both compute the same bits.
     """
     info, tensors = read_info(path, check_values=False)
-    return build_model(info, tensors), info
+    return build_model(info, tensors, latent_weights), info
 
 
 def describe(info: CheckpointInfo) -> str:

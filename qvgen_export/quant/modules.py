@@ -26,6 +26,7 @@ from torch import nn
 
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig
+from qvgen_export.quant.packing import packed_shape, unpack_codes
 
 
 class QuantContext:
@@ -86,11 +87,17 @@ class QuantLinear(nn.Module):
         ctx: QuantContext,
     ) -> None:
         super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self._init_quantizer(in_features, out_features, bias, config, ctx)
+
+    def _init_quantizer(
+        self, in_features: int, out_features: int, bias: bool, config: QuantConfig, ctx: QuantContext
+    ) -> None:
+        """Everything but the weight storage (shared with :class:`PackedQuantLinear`)."""
         self.in_features = in_features
         self.out_features = out_features
         self.config = config
         g = config.weight_groups(in_features)
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.w_scale = nn.Parameter(torch.ones(out_features, g))
         self.w_zero = nn.Parameter(torch.zeros(out_features, g))
@@ -184,6 +191,61 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, {self.config.name}"
+
+
+class PackedQuantLinear(QuantLinear):
+    """A ``QuantLinear`` loaded from a checkpoint for inference or export: packed weight codes.
+
+    It holds the checkpoint's packed codes (``qweight``, uint8, ``quant/packing.py`` layout:
+    half a byte per 4-bit weight) instead of a float32 latent weight (4 bytes per weight), so a
+    loaded model takes about the checkpoint's size in memory. Each forward unpacks and
+    dequantizes this layer's weight transiently (``functional.weight_dequant``, the formula
+    ``QuantLinear.quantized_weight`` ends with), which gives the same float32 bits as a
+    ``QuantLinear`` whose latent weight is the dequantized weight: its codes re-derive to the
+    file's codes (the loader checks that), so both multiply the same ``q * s - z * s``.
+
+    Parameters ``bias``, ``w_scale``, ``w_zero``, ``clip_lower``, ``clip_upper`` are as in
+    ``QuantLinear`` (the quantizer params stay trainable tensors); there is no latent weight to
+    train: QAT builds ``QuantLinear`` from float weights, or loads with ``latent_weights=True``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        config: QuantConfig,
+        ctx: QuantContext,
+    ) -> None:
+        nn.Module.__init__(self)
+        # On meta: the loader assigns the file's packed codes (no allocation of a placeholder).
+        shape = packed_shape(out_features, in_features, config.weight_bits)
+        self.register_buffer("qweight", torch.empty(shape, dtype=torch.uint8, device="meta"))
+        self._init_quantizer(in_features, out_features, bias, config, ctx)
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        """The dequantized weight ``[N, K]`` float32, computed on each access (not stored).
+
+        The value a latent-weight load holds; read-only (assigning to it changes nothing).
+        """
+        with torch.no_grad():
+            return QF.weight_dequant(self.codes().float(), self.w_scale.float(), self.w_zero.float())
+
+    def codes(self) -> torch.Tensor:
+        """Integer weight codes ``[N, K]`` (uint8): the checkpoint's, unpacked."""
+        q = self.qweight
+        # unpack_codes builds its output on the CPU; a model moved to another device gets its
+        # codes back there (a copy per forward, as the dequantized weight is anyway).
+        return unpack_codes(q.cpu(), self.in_features, self.config.weight_bits).to(q.device)
+
+    def quantized_weight(self) -> torch.Tensor:
+        """``Qw(W)`` in float32 from the stored codes (gradients reach ``w_scale``/``w_zero``)."""
+        s, z = self.quant_params()
+        return QF.weight_dequant(self.codes().float(), s.float(), z.float())
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, packed"
 
 
 def _install_group_hook(transformer: nn.Module, ctx: QuantContext, config: QuantConfig) -> None:

@@ -125,12 +125,12 @@ class Int4Linear(nn.Module):
         cfg: QuantConfig = m.config
         if m.w_scale.shape[1] != 1:
             _per_channel(m.w_scale, "w_scale", m.out_features)  # raises the per-group error
-        with torch.no_grad():
-            codes = QF.weight_codes(m.weight, m.w_scale, m.w_zero, cfg.weight_qmax).to(torch.uint8)
+        # The layer's own codes: re-derived from a latent weight, or a loaded layer's packed ones.
+        codes = m.codes()
         return cls(
             m.in_features,
             m.out_features,
-            pack_codes(codes.cpu(), cfg.weight_bits).to(m.weight.device),
+            pack_codes(codes.cpu(), cfg.weight_bits).to(m.w_scale.device),
             m.w_scale,
             m.w_zero,
             m.bias,
@@ -226,8 +226,8 @@ def convert_to_int4(model: nn.Module) -> list[str]:
 def load_int4_model(path: str | Path, device: str | torch.device | None = None) -> nn.Module:
     """Load a quantized checkpoint (``docs/checkpoint-format.md``) as a torch-int4 ``QuantizedWan``.
 
-    The checkpoint loader validates the file and rebuilds ``QuantLinear``s whose codes round-trip
-    exactly; those are then swapped for :class:`Int4Linear` (on ``device`` if given). The result
+    The checkpoint loader validates the file and builds packed ``QuantLinear``s (codes checked to
+    round-trip); those are then swapped for :class:`Int4Linear` (on ``device`` if given). The result
     keeps diffusers' transformer call signature.
 
     Raises:
