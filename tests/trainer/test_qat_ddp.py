@@ -50,9 +50,7 @@ def one_process_run(tmp_path_factory) -> Path:
     return d / "out"
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_match_one(tmp_path, one_process_run, strategy):
-    two = _toml(tmp_path / "two.toml", tmp_path / "two", strategy)
+def _torchrun(entry: list[str], config: Path) -> None:
     _run(
         [
             sys.executable,
@@ -64,21 +62,24 @@ def test_two_processes_match_one(tmp_path, one_process_run, strategy):
             "127.0.0.1",
             "--master_port",
             str(_free_port()),
-            "-m",
-            "trainer.qat.cli",
+            *entry,
             "--config",
-            str(two),
+            str(config),
         ]
     )
-    a = load_file(str(one_process_run / "model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+
+
+def assert_same_training(one: Path, two: Path) -> None:
+    """The 2-process run trained the same model as the 1-process run, within the tolerance below."""
+    a = load_file(str(one / "model.safetensors"))
+    b = load_file(str(two / "model.safetensors"))
     assert a.keys() == b.keys()
     # Exact-in-float equality is not the contract for every element: the activation clips are
     # per timestep group, so a clip entry is trained by the one or two samples of its group, and
     # where that gradient is at rounding level its sign depends on the summation order (one
     # process vs an all-reduce over two). Adam turns either sign into a step of about lr_clip
-    # (1e-2). So: a few elements may differ by at most a few such steps; a missing or wrong
-    # gradient synchronisation moves most elements of every tensor, which the share check catches.
+    # (1e-2). So: a few elements may differ by at most a few such steps; a missing gradient
+    # synchronisation moves many more (test_broken_allreduce_fails_the_comparison shows it does).
     for k in a:
         if a[k].dtype == torch.uint8:  # packed codes: a code may flip at a rounding boundary
             diff = (a[k] != b[k]).float().mean()
@@ -87,8 +88,8 @@ def test_two_processes_match_one(tmp_path, one_process_run, strategy):
             off = (a[k] - b[k]).abs() > 1e-5 + 1e-4 * b[k].abs()
             assert off.float().mean() <= 0.05, (k, float(off.float().mean()))
             torch.testing.assert_close(a[k], b[k], atol=3 * 3 * 1e-2, rtol=0, msg=k)
-    la = [json.loads(x) for x in (one_process_run / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    la = [json.loads(x) for x in (one / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     losses_a = [r["loss"] for r in la if "loss" in r]
     losses_b = [r["loss"] for r in lb if "loss" in r]
     assert len(losses_a) == len(losses_b) == 3
@@ -97,3 +98,18 @@ def test_two_processes_match_one(tmp_path, one_process_run, strategy):
     torch.testing.assert_close(torch.tensor(losses_b[:2]), torch.tensor(losses_a[:2]), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(torch.tensor(losses_b[2]), torch.tensor(losses_a[2]), atol=0, rtol=0.05)
     assert [r["event"] for r in lb if "event" in r] == ["phi_init", "resvd", "phi_deleted"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one(tmp_path, one_process_run, strategy):
+    two = _toml(tmp_path / "two.toml", tmp_path / "two", strategy)
+    _torchrun(["-m", "trainer.qat.cli"], two)
+    assert_same_training(one_process_run, tmp_path / "two")
+
+
+def test_broken_allreduce_fails_the_comparison(tmp_path, one_process_run):
+    """The comparison above has the power to see a missing gradient synchronisation."""
+    two = _toml(tmp_path / "two.toml", tmp_path / "two", "ddp")
+    _torchrun([str(Path(__file__).with_name("no_allreduce_mutant.py"))], two)
+    with pytest.raises(AssertionError):
+        assert_same_training(one_process_run, tmp_path / "two")
