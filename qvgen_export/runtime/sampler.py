@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-Denoiser = Callable[..., Any]
+DenoiseFn = Callable[..., Any]  # anything with WanTransformer3DModel's call signature
 SchedulerName = Literal["unipc", "euler"]
 
 
@@ -36,7 +36,7 @@ def make_scheduler(name: SchedulerName = "unipc", shift: float = 3.0, num_train_
 
 @torch.no_grad()
 def sample_video(
-    denoiser: Denoiser,
+    denoiser: DenoiseFn,
     prompt_embeds: torch.Tensor,
     negative_prompt_embeds: torch.Tensor | None,
     *,
