@@ -1,22 +1,35 @@
-"""QAT benchmark on the tiny teacher: PTQ, LSQ, Q-DM, EfficientDM, QVGen (Phi-free) and QVGen-keep-Phi
-at W4A4 and W3A3 (plus QVD at W8A8), same steps and data for every QAT method.
+"""QAT benchmark on the tiny teacher: QVGen against the QAT baselines (Q-DM, LSQ, EfficientDM) and
+PTQ, several training seeds per (method, scheme), ranked by the teacher-forced error.
 
-    python benchmarks/bench_qat.py                 # full table (~90 min on 2 CPU cores)
-    python benchmarks/bench_qat.py --jobs 2 --steps 360   # the documented run: 39.5 min on 2 idle cores
-    python benchmarks/bench_qat.py --smoke         # a handful of steps: proves the pipeline end to end
+    python benchmarks/bench_qat.py --jobs 2                       # the default table (see below)
+    python benchmarks/bench_qat.py --jobs 2 --steps 90 --seeds 0,1,2 --methods qvgen,qdm,lsq,qdm:cfg
+    python benchmarks/bench_qat.py --smoke                        # proves the pipeline; not a result
+    python benchmarks/bench_qat.py --merge-only --out DIR         # table from whatever runs finished
 
-Reports, per scheme and method, the quality harness's metrics (qvgen_eval.harness) and PSNR /
-SSIM vs the float teacher on the same noise, the teacher-forced relative error of the denoiser
-output, the final training loss, and the mean step time relative to LSQ; plus the gradient-norm
-curves of QVGen vs Q-DM (JSON + PNG drawn with PIL). Prints JSON and Markdown and writes them under
-``artifacts/bench_qat/`` (``artifacts/bench_qat_smoke/`` with ``--smoke``).
+Design (issue 15):
 
-Full configuration (sized from measured step times, ~0.3 s per sample-step with one thread, to
-~65-90 minutes on 2 CPU cores; chosen, not tuned): 240 QAT steps at global batch 4 per method
-(the six-stage rank-decay structure is kept: T_d = 36 steps, Phi gone at step 216, 24 Phi-free
-final steps = 10%), evaluation on the harness's 12 prompts x 1 seed, UniPC 20 steps (the
-teacher's recommended sampling), CFG 4, shift 3. PTQ and QVD calibrate on the harness's
-calibration batches. One torch thread by default (``--threads``).
+- *Primary metric*: the teacher-forced relative error of the CFG-guided velocity, plus the
+  conditional and unconditional branches (``qvgen_eval.forced``): the float teacher samples
+  ``--eval-prompts`` prompts x ``--eval-seeds`` noise seeds with ``--sample-steps`` UniPC steps
+  (CFG 4, shift 3) once, and every model is called on exactly those latents and timesteps.
+- *Seeds, paired*: every method of a training seed gets the same seed, hence the same clips,
+  caption dropout, noise levels and noise (``trainer.qat.data``), so seed-wise differences
+  between methods cancel the data/noise draw. Each method's difference to the *best baseline*
+  (lowest mean guided error among qdm / lsq / efficientdm in the run) is reported as the mean of
+  the per-seed paired differences +- a 95% Student-t interval (``t_{0.975, n-1} sd / sqrt(n)``);
+  a difference is *resolved* when its interval excludes 0.
+- ``METHOD:cfg`` variants train with CFG-aware distillation (``--cfg-weights`` for the cond /
+  uncond / guided terms) at *half* the global batch: each sample then runs both branches, so the
+  forward/backward samples per step, and the steps, equal the plain variant's (compute-matched).
+- PTQ (MSE init + clips calibrated at the sampler's timesteps) is deterministic: one row, no seed.
+- Optional secondary: ``--videos`` samples every model and adds PSNR/SSIM vs the float videos
+  (the harness's ``compare_models``; slow).
+
+Each (scheme, seed, method) result is appended to ``<out>/part-<scheme>/runs.jsonl`` as soon as
+it is evaluated, so an interrupted run still yields a (partial) table with ``--merge-only``. The
+merged table goes to ``<out>/qat_table.json`` / ``results.md`` and, with ``--results``, to a
+committed JSON (``benchmarks/results/qat_table.json``). One torch thread per process; ``--jobs 2``
+runs the schemes in two processes.
 """
 
 from __future__ import annotations
@@ -26,6 +39,8 @@ import copy
 import json
 import math
 import shutil
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,326 +51,293 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from qvgen_eval.harness import (
-    DEFAULT_PROMPTS,
-    EvalSettings,
-    calibration_batches,
-    compare_models,
-    json_report,
-)
+from qvgen_eval.forced import ForcedSettings, forced_errors, reference_trajectory
+from qvgen_eval.harness import DEFAULT_PROMPTS, EvalSettings, calibration_batches, compare_models
 from qvgen_export.quant.config import QuantConfig
 from qvgen_export.quant.ptq import ptq_quantize
 from trainer.qat.config import Method, TrainConfig
-from trainer.qat.loop import TrainResult, train
+from trainer.qat.loop import train
 
-QAT_METHODS = (Method.LSQ, Method.QDM, Method.EFFICIENTDM, Method.QVGEN, Method.QVGEN_KEEP_PHI)
-LABELS = {
-    "ptq": "PTQ (MSE init + calibrated clips)",
-    "lsq": "LSQ",
-    "qdm": "Q-DM style",
-    "efficientdm": "EfficientDM style",
-    "qvgen": "QVGen (Phi-free)",
-    "qvgen_keep_phi": "QVGen keep-Phi (ablation, PyTorch only)",
-    "qvd_w8a8": "QVD (PTQ)",
-}
-METRIC_COLS = (
-    "prompt_adherence",
-    "subject_consistency",
-    "motion_smoothness",
-    "dynamic_degree",
-    "background_consistency",
-)
+BASELINES = ("qdm", "lsq", "efficientdm")
+BRANCHES = ("guided", "cond", "uncond")
+# Two-sided 95% Student-t quantiles t_{0.975, df}; larger df use the normal approximation.
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
-def load_teacher_or_random() -> tuple[torch.nn.Module, Any, dict[str, Any], str]:
-    from qvgen_tinyworld.teacher import ASSET_PATH, TEACHER_CONFIG, latent_shape, load_teacher
-
-    if ASSET_PATH.is_file():
-        model, te, info = load_teacher()
-        return model, te, info, "tiny"
-    # Development fallback before the trained asset exists: the numbers then mean little.
-    from qvgen_export.models.wan import build_wan
-    from qvgen_tinyworld.dataset import VideoConfig
-    from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
-
-    info = {"diffusers_config": TEACHER_CONFIG, "video": VideoConfig().to_dict()}
-    assert latent_shape(info)
-    return build_wan(TEACHER_CONFIG, seed=0), TinyTextEncoder(TextEncoderConfig(dim=64)), info, "random"
+def t_interval(diffs: list[float]) -> dict[str, Any]:
+    """Mean of paired differences and its 95% t half-width (None with fewer than 2 seeds)."""
+    n = len(diffs)
+    mean = statistics.fmean(diffs)
+    if n < 2:
+        return {"n": n, "mean": mean, "half_width": None, "resolved": None}
+    half = T975.get(n - 1, 1.96) * statistics.stdev(diffs) / math.sqrt(n)
+    return {"n": n, "mean": mean, "half_width": half, "resolved": abs(mean) > half}
 
 
-def _plot_grad_norms(curves: dict[str, dict[str, list[float]]], path: Path) -> Path:
-    """One panel per scheme: gradient norm vs step (log y) for QVGen and Q-DM."""
-    from PIL import Image, ImageDraw
-
-    colors = {"qvgen": (214, 39, 40), "qvgen (W/s/z/clips only)": (255, 152, 150), "qdm": (31, 119, 180)}
-    pw, ph, ml, mt = 620, 300, 70, 50
-    img = Image.new("RGB", (len(curves) * (pw + ml + 20) + 20, ph + mt + 70), (255, 255, 255))
-    d = ImageDraw.Draw(img)
-    for j, (scheme, series) in enumerate(curves.items()):
-        x0, y0 = ml + j * (pw + ml + 20), mt
-        x1, y1 = x0 + pw, y0 + ph
-        vals = [v for s in series.values() for v in s if v > 0 and math.isfinite(v)]
-        lo = math.floor(math.log10(min(vals)) * 2) / 2 if vals else -3.0
-        hi = math.ceil(math.log10(max(vals)) * 2) / 2 if vals else 0.0
-        hi = max(hi, lo + 0.5)
-        n = max((len(s) for s in series.values()), default=1)
-        d.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
-        d.text((x0, y0 - 30), f"{scheme}: gradient norm (before clipping), log scale", fill=(0, 0, 0))
-        for k in range(int(lo * 2), int(hi * 2) + 1):
-            v = k / 2
-            y = y1 - (v - lo) / (hi - lo) * (y1 - y0)
-            d.line((x0, y, x1, y), fill=(225, 225, 225))
-            d.text((x0 - 60, y - 6), f"{10**v:.2g}", fill=(60, 60, 60))
-        d.text(((x0 + x1) // 2 - 20, y1 + 8), "step", fill=(0, 0, 0))
-        for i, (name, s) in enumerate(series.items()):
-            pts = [
-                (x0 + t / max(1, n - 1) * (x1 - x0), y1 - (math.log10(v) - lo) / (hi - lo) * (y1 - y0))
-                for t, v in enumerate(s)
-                if v > 0 and math.isfinite(v)
-            ]
-            col = colors.get(name, (44, 160, 44))
-            if len(pts) > 1:
-                d.line(pts, fill=col, width=2)
-            d.rectangle((x0 + 10 + i * 200, y1 + 30, x0 + 22 + i * 200, y1 + 40), fill=col)
-            d.text((x0 + 26 + i * 200, y1 + 29), name, fill=(0, 0, 0))
-        d.text((x0 - 3, y1 + 4), "0", fill=(60, 60, 60))
-        d.text((x1 - 12, y1 + 4), str(n - 1), fill=(60, 60, 60))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+def parse_method(spec: str) -> tuple[Method, bool]:
+    name, _, variant = spec.partition(":")
+    if variant not in ("", "cfg"):
+        raise ValueError(f"unknown method variant {spec!r} (only METHOD:cfg)")
+    m = Method(name)
+    if variant and m is Method.LSQ:
+        raise ValueError("lsq has no teacher: no CFG-aware variant")
+    return m, bool(variant)
 
 
-def _row(scheme: str, name: str, entry: dict[str, Any], train_info: dict[str, Any] | None) -> dict[str, Any]:
-    row: dict[str, Any] = {"scheme": scheme, "method": name, "label": LABELS.get(name, name)}
-    row.update({k: entry["metrics"][k] for k in METRIC_COLS})
-    row["psnr"] = entry["fidelity"]["psnr"]
-    row["ssim"] = entry["fidelity"]["ssim"]
-    row["rel_err_forced"] = entry["rel_error"]["teacher_forced_mean"]
-    if train_info:
-        row.update(train_info)
-    return row
+def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
+    """Train and evaluate every (seed, method) of one scheme, seed-major, appending to runs.jsonl."""
+    from qvgen_export.checkpoint import load_quantized_model
+    from qvgen_tinyworld.teacher import latent_shape, load_teacher
+
+    teacher, te, info = load_teacher()
+    shape = latent_shape(info)
+    prompts = DEFAULT_PROMPTS[: args.eval_prompts]
+    seeds = tuple(int(s) for s in args.eval_seeds.split(","))
+    fs = ForcedSettings(prompts=prompts, seeds=seeds, num_steps=args.sample_steps, guidance_scale=4.0, shift=3.0)
+    es = EvalSettings(prompts=prompts, seeds=seeds, num_steps=args.sample_steps, guidance_scale=4.0, shift=3.0)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "runs.jsonl"
+    done = set()
+    if log.exists():
+        done = {(r["seed"], r["method"]) for r in map(json.loads, log.read_text().splitlines()) if r}
+    t0 = time.time()
+    ref = reference_trajectory(teacher, te.encode, shape, fs)
+    print(f"[{scheme}] reference trajectory {time.time() - t0:.0f}s", flush=True)
+
+    def record(rec: dict[str, Any], model: Any) -> None:
+        rec.update(scheme=scheme, forced=forced_errors(model, ref))
+        if args.videos:
+            rep = compare_models({"float": teacher, "m": model}, te.encode, shape, es, progress=False)
+            rec["psnr"] = rep["models"]["m"]["fidelity"]["psnr"]
+            rec["ssim"] = rep["models"]["m"]["fidelity"]["ssim"]
+        with log.open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+        print(f"[{scheme}] {rec['method']} seed {rec['seed']}: guided {rec['forced']['guided']:.5f}", flush=True)
+
+    if (-1, "ptq") not in done:
+        calib = calibration_batches(te.encode, es, clips_per_step=2)
+        ptq = ptq_quantize(copy.deepcopy(teacher), QuantConfig.preset(scheme), calib, progress=False)
+        record({"seed": -1, "method": "ptq"}, ptq)
+        del ptq
+    for seed in args.seed_list:
+        for spec in args.method_list:
+            if (seed, spec) in done:
+                continue
+            method, cfg_aware = parse_method(spec)
+            run_dir = out / "runs" / f"seed{seed}" / spec.replace(":", "_")
+            shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume of an old one
+            extra: dict[str, Any] = {}
+            batch = args.batch_size
+            if cfg_aware:
+                extra["distill_weights"] = tuple(float(w) for w in args.cfg_weights.split(","))
+                batch = max(1, batch // 2)  # both branches per sample: same samples per step
+            cfg = TrainConfig(
+                method=method,
+                scheme=scheme,
+                steps=args.steps,
+                batch_size=batch,
+                seed=seed,
+                phi_rank=args.phi_rank,
+                phi_rank_frac=args.phi_rank_frac,
+                lr_min_frac=args.lr_min_frac,
+                out_dir=str(run_dir),
+                save_every=args.steps,
+                keep_states=1,
+                progress=not args.quiet,
+                **extra,
+            )
+            t1 = time.time()
+            res = train(cfg, teacher, te)
+            train_s = time.time() - t1
+            # Evaluate what was saved (the deployable Phi-free checkpoint), not the in-memory model.
+            model = load_quantized_model(res.checkpoint)[0] if res.checkpoint is not None else res.qmodel
+            losses = [r["loss"] for r in res.history]
+            tail = losses[-max(1, len(losses) // 10) :]
+            rec = {
+                "seed": seed,
+                "method": spec,
+                "train_s": train_s,
+                "step_time_s": res.mean_step_time,
+                "final_loss": statistics.fmean(tail),
+                "batch_size": batch,
+            }
+            if seed == args.seed_list[0] and method in (Method.QVGEN, Method.QDM) and not cfg_aware:
+                rec["grad_norm"] = [r["grad_norm"] for r in res.history]
+            record(rec, model)
+            del res, model
+    return 0
 
 
-def markdown(results: dict[str, Any]) -> str:
-    head = ["scheme", "method", *METRIC_COLS, "PSNR", "SSIM", "rel.err", "final loss", "step s", "step / LSQ"]
+def summarize(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    """Per scheme: each method's mean errors over seeds, and its paired difference to the best baseline."""
+    table: dict[str, Any] = {}
+    for scheme in sorted({r["scheme"] for r in rows}, key=lambda s: -int(s[1])):
+        rs = [r for r in rows if r["scheme"] == scheme]
+        by: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in rs:
+            by.setdefault(r["method"], {})[r["seed"]] = r
+        trained = [m for m in methods if m in by]
+        entry: dict[str, Any] = {"methods": {}}
+        for m in ["ptq", *trained]:
+            if m not in by:
+                continue
+            runs = [by[m][s] for s in sorted(by[m])]
+            e: dict[str, Any] = {"n": len(runs), "seeds": sorted(by[m])}
+            for b in BRANCHES:
+                vals = [r["forced"][b] for r in runs]
+                e[b] = {"mean": statistics.fmean(vals), "sd": statistics.stdev(vals) if len(vals) > 1 else None}
+                e[b]["per_seed"] = vals
+            for k in ("step_time_s", "final_loss", "psnr", "ssim"):
+                vals = [r[k] for r in runs if k in r]
+                if vals:
+                    e[k] = statistics.fmean(vals)
+            entry["methods"][m] = e
+        base = [m for m in BASELINES if m in entry["methods"]]
+        if base:
+            best = min(base, key=lambda m: entry["methods"][m]["guided"]["mean"])
+            entry["best_baseline"] = best
+            for m in trained:
+                # Paired: the seeds both finished (a partial run still compares like with like).
+                paired = sorted(set(by[m]) & set(by[best]))
+                if m == best or not paired:
+                    continue
+                d = {
+                    b: t_interval([by[m][s]["forced"][b] - by[best][s]["forced"][b] for s in paired]) for b in BRANCHES
+                }
+                entry["methods"][m]["vs_best_baseline"] = {"seeds": paired, **d}
+        table[scheme] = entry
+    return table
+
+
+def markdown(table: dict[str, Any]) -> str:
+    head = ["scheme", "method", "n", "guided err", "cond err", "uncond err", "guided - best baseline (95% t)"]
+    head += ["resolved", "step s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results["rows"]:
-        cells = [r["scheme"], r["label"]] + [f"{r[k]:.1f}" for k in METRIC_COLS]
-        cells += [f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", f"{r['rel_err_forced']:.4f}"]
-        cells += [f"{r['final_loss']:.5f}" if "final_loss" in r else "-"]
-        cells += [f"{r['step_time_s']:.3f}" if "step_time_s" in r else "-"]
-        cells += [f"{r['step_time_vs_lsq']:.2f}x" if "step_time_vs_lsq" in r else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    s = results["settings"]
-    lines += [
-        "",
-        (
-            f"{'SMOKE RUN (not a result): ' if s['smoke'] else ''}teacher={s['teacher']}, {s['steps']} QAT steps x "
-            f"batch {s['batch_size']} per method (same data and noise for all), eval {s['eval']['prompts']} prompts "
-            f"x {s['eval']['seeds']} seeds, {s['eval']['num_steps']} UniPC steps, CFG {s['eval']['guidance_scale']}. "
-            "PSNR/SSIM and relative error vs the float teacher with the same noise."
-        ),
-    ]
+    for scheme, entry in table.items():
+        for m, e in entry["methods"].items():
+            label = m + (" (best baseline)" if m == entry.get("best_baseline") else "")
+            cells = [scheme, label, str(e["n"])]
+            for b in BRANCHES:
+                sd = e[b]["sd"]
+                cells.append(f"{e[b]['mean']:.4f}" + (f" +- {sd:.4f}" if sd is not None else ""))
+            d = e.get("vs_best_baseline", {}).get("guided")
+            if d is None:
+                cells += ["-", "-"]
+            else:
+                hw = "n/a" if d["half_width"] is None else f"{d['half_width']:.4f}"
+                cells += [f"{d['mean']:+.4f} +- {hw}", {True: "yes", False: "no", None: "-"}[d["resolved"]]]
+            cells.append(f"{e['step_time_s']:.2f}" if "step_time_s" in e else "-")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def merge(out: Path, settings: dict[str, Any], results: Path | None, status: str) -> int:
+    rows = []
+    for part in sorted(out.glob("part-*/runs.jsonl")):
+        rows += [json.loads(x) for x in part.read_text().splitlines() if x.strip()]
+    if not rows:
+        print(f"error: no finished runs under {out}", file=sys.stderr)
+        return 1
+    table = summarize(rows, settings["methods"])
+    doc = {"status": status, "settings": settings, "table": table, "runs": rows}
+    (out / "qat_table.json").write_text(json.dumps(doc, indent=1) + "\n")
+    md = markdown(table)
+    (out / "results.md").write_text(md)
+    if results is not None:
+        from qvgen_export.utils.atomic import atomic_file
+
+        slim = {**doc, "runs": [{k: v for k, v in r.items() if k != "grad_norm"} for r in rows]}
+        with atomic_file(results, "the results JSON") as tmp:
+            tmp.write_text(json.dumps(slim, indent=1) + "\n")
+    print(md)
+    print(f"wrote {out / 'qat_table.json'}" + (f" and {results}" if results else ""))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny configuration: proves the pipeline, not a result")
-    ap.add_argument("--steps", type=int, default=None, help="QAT steps per method (default 240; smoke 8)")
-    ap.add_argument("--batch-size", type=int, default=None, help="global batch (default 4; smoke 1)")
+    ap.add_argument("--smoke", action="store_true", help="8 steps, 1 seed, 2 prompts x 3 steps: not a result")
     ap.add_argument("--schemes", default="w4a4,w3a3")
-    ap.add_argument("--prompts", type=int, default=None, help="evaluation prompts (default 12; smoke 2)")
-    ap.add_argument("--sample-steps", type=int, default=None, help="UniPC steps (default 20; smoke 3)")
+    ap.add_argument("--methods", default="qvgen,qdm,lsq,efficientdm", help="comma list; METHOD:cfg = CFG-aware")
+    ap.add_argument("--seeds", default="0,1,2", help="training seeds (paired across methods)")
+    ap.add_argument("--steps", type=int, default=None, help="QAT steps per run (default 120; smoke 8)")
+    ap.add_argument("--batch-size", type=int, default=4, help="global batch (CFG-aware variants use half)")
     ap.add_argument("--phi-rank", type=int, default=32)
-    # One thread by default: on a shared 2-core machine two OpenMP workers spin against each other.
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch default)")
-    ap.add_argument("--no-qvd", action="store_true")
-    ap.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="run the schemes in this many parallel processes (one thread each) and merge their tables; "
-        "on 2 cores, --jobs 2 halves the wall time",
-    )
+    ap.add_argument("--phi-rank-frac", type=float, default=None)
+    ap.add_argument("--lr-min-frac", type=float, default=0.0)
+    ap.add_argument("--cfg-weights", default="1,1,0.0625", help="cond,uncond,guided weights of METHOD:cfg")
+    ap.add_argument("--eval-prompts", type=int, default=None, help="first N harness prompts (default 6; smoke 2)")
+    ap.add_argument("--eval-seeds", default="0,1", help="noise seeds of the reference trajectories")
+    ap.add_argument("--sample-steps", type=int, default=None, help="UniPC steps (default 10; smoke 3)")
+    ap.add_argument("--videos", action="store_true", help="also PSNR/SSIM of sampled videos (slow)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=1, help="schemes run in this many parallel processes")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--results", default=None, help="also write the table JSON here (e.g. benchmarks/results/...)")
+    ap.add_argument("--merge-only", action="store_true", help="only merge the finished runs under --out")
+    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--part", default=None, help=argparse.SUPPRESS)  # internal: one scheme's process
     args = ap.parse_args(argv)
-    steps = args.steps or (8 if args.smoke else 240)
-    batch = args.batch_size or (1 if args.smoke else 4)
-    n_prompts = args.prompts or (2 if args.smoke else len(DEFAULT_PROMPTS))
-    sample_steps = args.sample_steps or (3 if args.smoke else 20)
-    phi_rank = 4 if args.smoke and args.phi_rank == 32 else args.phi_rank
+    args.steps = args.steps or (8 if args.smoke else 120)
+    args.eval_prompts = args.eval_prompts or (2 if args.smoke else 6)
+    args.sample_steps = args.sample_steps or (3 if args.smoke else 10)
+    if args.smoke:
+        given = argv if argv is not None else sys.argv[1:]
+        args.seeds, args.batch_size, args.phi_rank = args.seeds if "--seeds" in given else "0", 1, 4
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
-    for s in schemes:
-        try:
+    try:
+        for s in schemes:
             QuantConfig.preset(s)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+        for m in args.method_list:
+            parse_method(m)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
     out = Path(args.out or REPO / ("artifacts/bench_qat_smoke" if args.smoke else "artifacts/bench_qat"))
-    out.mkdir(parents=True, exist_ok=True)
-    if args.jobs > 1 and len(schemes) > 1:
-        return _run_parallel(argv if argv is not None else sys.argv[1:], schemes, args.jobs, out)
-
-    teacher, te, info, teacher_kind = load_teacher_or_random()
-    from qvgen_tinyworld.teacher import latent_shape
-
-    shape = latent_shape(info)
-    settings = EvalSettings(
-        prompts=DEFAULT_PROMPTS[:n_prompts], seeds=(0,), num_steps=sample_steps, guidance_scale=4.0, shift=3.0
-    )
-    calib = calibration_batches(te.encode, settings, clips_per_step=2)
-    results: dict[str, Any] = {
-        "settings": {
-            "smoke": args.smoke,
-            "teacher": teacher_kind,
-            "steps": steps,
-            "batch_size": batch,
-            "phi_rank": phi_rank,
-            "schemes": schemes,
-            "eval": {
-                "prompts": n_prompts,
-                "seeds": 1,
-                "num_steps": sample_steps,
-                "guidance_scale": settings.guidance_scale,
-            },
-            "threads": torch.get_num_threads(),
-        },
-        "rows": [],
-        "phi_events": {},
-        "grad_norm": {},
+    if args.part:
+        return run_scheme(args, args.part, out / f"part-{args.part}")
+    settings = {
+        k: getattr(args, k)
+        for k in ("steps", "batch_size", "phi_rank", "phi_rank_frac", "lr_min_frac", "cfg_weights")
+        + ("eval_prompts", "eval_seeds", "sample_steps", "smoke", "threads", "jobs")
     }
-    t_all = time.time()
-    for si, scheme in enumerate(schemes):
-        models: dict[str, Any] = {"float": teacher}
-        train_info: dict[str, dict[str, Any]] = {}
-        t0 = time.time()
-        models["ptq"] = ptq_quantize(copy.deepcopy(teacher), QuantConfig.preset(scheme), calib, progress=False)
-        train_info["ptq"] = {"calib_s": time.time() - t0}
-        runs: dict[str, TrainResult] = {}
-        for method in QAT_METHODS:
-            run_dir = out / "runs" / scheme / method.value
-            shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume of an old one
-            cfg = TrainConfig(
-                method=method,
-                scheme=scheme,
-                steps=steps,
-                batch_size=batch,
-                seed=0,
-                phi_rank=phi_rank,
-                teacher=teacher_kind,
-                out_dir=str(run_dir),
-                save_every=steps,
-                progress=True,
-            )
-            res = train(cfg, teacher, te)
-            runs[method.value] = res
-            if res.checkpoint is not None:
-                from qvgen_export.checkpoint import load_quantized_model
-
-                # Evaluate what was saved (the deployable Phi-free checkpoint), not the in-memory model.
-                models[method.value] = load_quantized_model(res.checkpoint)[0]
-            else:
-                models[method.value] = res.qmodel  # keep-Phi: PyTorch only, Phi hooks attached
-            train_info[method.value] = {
-                "final_loss": res.history[-1]["loss"],
-                "step_time_s": res.mean_step_time,
-            }
-            if res.events:
-                results["phi_events"][f"{scheme}/{method.value}"] = res.events
-        lsq_t = train_info["lsq"]["step_time_s"]
-        for m in QAT_METHODS:
-            train_info[m.value]["step_time_vs_lsq"] = train_info[m.value]["step_time_s"] / lsq_t
-        if si == 0 and not args.no_qvd:
-            from trainer.qat.qvd import qvd_quantize
-
-            models["qvd_w8a8"], choices = qvd_quantize(teacher, calib)
-            results["qvd_choices"] = {k: v for k, v in choices.items() if "condition_embedder" in k}
-        report = compare_models(models, te.encode, shape, settings, progress=True, keep_videos=False)
-        results.setdefault("reports", {})[scheme] = json_report(report)
-        for name, entry in report["models"].items():
-            if name == "float":
-                continue
-            row_scheme = "w8a8" if name == "qvd_w8a8" else scheme
-            results["rows"].append(_row(row_scheme, name, entry, train_info.get(name)))
-        results["grad_norm"][scheme] = {
-            # Drawn in this order: the partial norm first so the total stays visible on top of it.
-            "qvgen (W/s/z/clips only)": [r["grad_norm_base"] for r in runs["qvgen"].history],
-            "qvgen": [r["grad_norm"] for r in runs["qvgen"].history],
-            "qdm": [r["grad_norm"] for r in runs["qdm"].history],
-            "qvgen_rank": [r.get("rank", 0) for r in runs["qvgen"].history],
-        }
-        del models, runs
-    results["wall_s"] = time.time() - t_all
-    return _write(results, out)
-
-
-def _write(results: dict[str, Any], out: Path) -> int:
-    curves = {s: {k: v for k, v in c.items() if k != "qvgen_rank"} for s, c in results["grad_norm"].items()}
-    png = _plot_grad_norms(curves, out / "grad_norm.png")
-    (out / "grad_norm.json").write_text(json.dumps(results["grad_norm"], indent=1) + "\n")
-    md = markdown(results)
-    (out / "results.md").write_text(md)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    print(json.dumps({"settings": results["settings"], "rows": results["rows"], "wall_s": results["wall_s"]}, indent=1))
-    print(md)
-    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {png}, {out / 'grad_norm.json'}")
-    return 0
-
-
-def _run_parallel(argv: list[str], schemes: list[str], jobs: int, out: Path) -> int:
-    """Each scheme in its own process (``--threads 1``), at most ``jobs`` at once; QVD runs with the
-    first scheme only, as in a sequential run; the parts' results are merged into one table."""
-    import subprocess
-
+    settings.update(schemes=schemes, methods=args.method_list, seeds=args.seed_list, guidance_scale=4.0)
+    settings["command"] = "python benchmarks/bench_qat.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    results = Path(args.results) if args.results else None
+    if args.merge_only:
+        saved = out / "settings.json"  # the run's own settings, not this merge command's
+        settings = json.loads(saved.read_text()) if saved.is_file() else settings
+        return merge(out, settings, results, "partial: merged from the runs that finished (--merge-only)")
+    if not any(a.startswith("--out") for a in (argv or sys.argv[1:])):
+        shutil.rmtree(out, ignore_errors=True)  # the default folder starts fresh
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
     t0 = time.time()
-    pending = list(enumerate(schemes))
-    running: list[tuple[subprocess.Popen, Path, Any]] = []
-    parts: list[Path] = []
-    failed = False
+    base = [a for a in (argv if argv is not None else sys.argv[1:])]
+    pending, running, failed = list(schemes), [], False
     while pending or running:
-        while pending and len(running) < jobs:
-            i, scheme = pending.pop(0)
+        while pending and len(running) < max(1, args.jobs):
+            scheme = pending.pop(0)
             part = out / f"part-{scheme}"
-            # argparse keeps the last value of a repeated option, so these override the user's.
-            cmd = [sys.executable, __file__, *argv, "--jobs", "1", "--schemes", scheme, "--out", str(part)]
-            cmd += ["--threads", "1"]
-            if i > 0 and "--no-qvd" not in cmd:
-                cmd.append("--no-qvd")
             part.mkdir(parents=True, exist_ok=True)
-            log = (part / "log.txt").open("w")
-            print(f"[{scheme}] {' '.join(cmd[1:])}  (log: {part / 'log.txt'})", flush=True)
-            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), part, log))
-            parts.append(part)
+            cmd = [sys.executable, __file__, *base, "--out", str(out), "--part", scheme, "--threads", str(args.threads)]
+            logf = (part / "log.txt").open("a")
+            print(f"[{scheme}] log: {part / 'log.txt'}", flush=True)
+            running.append((subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT), scheme, logf))
         time.sleep(2)
         for job in list(running):
-            proc, part, log = job
+            proc, scheme, logf = job
             if proc.poll() is not None:
-                log.close()
+                logf.close()
                 running.remove(job)
-                print(f"[{part.name}] exit {proc.returncode} after {time.time() - t0:.0f}s", flush=True)
+                print(f"[{scheme}] exit {proc.returncode} after {time.time() - t0:.0f}s", flush=True)
                 failed |= proc.returncode != 0
-    if failed:
-        print("error: a scheme's run failed; see its log.txt", file=sys.stderr)
-        return 1
-    merged: dict[str, Any] = {}
-    for part in parts:
-        r = json.loads((part / "results.json").read_text())
-        if not merged:
-            merged = r
-            merged["settings"]["schemes"] = list(schemes)
-            merged["settings"]["jobs"] = jobs
-            continue
-        merged["rows"] += r["rows"]
-        for key in ("phi_events", "grad_norm", "reports"):
-            merged.setdefault(key, {}).update(r.get(key, {}))
-    # Rows in a sequential run's order: per scheme, then QVD W8A8 after the first scheme's rows.
-    order = {s: i for i, s in enumerate(schemes)}
-    merged["rows"].sort(key=lambda row: order.get(row["scheme"], 0.5))
-    merged["wall_s"] = time.time() - t0
-    return _write(merged, out)
+    settings["wall_s"] = round(time.time() - t0, 1)
+    status = "complete" if not failed else "a scheme's process failed: partial (see part-*/log.txt)"
+    return max(merge(out, settings, results, status), 1 if failed else 0)
 
 
 if __name__ == "__main__":
