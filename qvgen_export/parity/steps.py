@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from qvgen_export.artifact.contract import VELOCITY, feeds
+from qvgen_export.artifact.contract import TIMESTEP, VELOCITY, feeds
 from qvgen_export.export.onnx_export import quantized_layer_nodes
 from qvgen_export.parity.measures import cosine, psnr
 from qvgen_export.parity.sides import PYTORCH, Side, ort_runner, torch_runner, trt_runner
@@ -186,7 +186,7 @@ def check_steps(
                     call=i,
                     step=i // calls_per_step,
                     branch="cond" if i % calls_per_step == 0 else "uncond",
-                    timestep=float(feed["timestep"][0]),
+                    timestep=float(feed[TIMESTEP][0]),
                     cosine=cosine(v_r, v_t),
                     psnr_db=psnr(v_r, v_t),
                     max_abs_error=float(np.abs(v_r - v_t).max()),
