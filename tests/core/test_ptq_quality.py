@@ -52,7 +52,9 @@ def test_calibration_does_not_worsen_layer_error(make_quantized, sample_inputs):
     before = err()
     batch = dict(zip(("hidden_states", "timestep", "encoder_hidden_states"), sample_inputs))
     calibrate_act_clips(q, [batch], progress=False)
-    assert err() <= before + 1e-12
+    after = err()
+    # strictly better: a calibration that changed nothing (or picked the initial clip) fails here
+    assert after < before * 0.999, (before, after)
 
 
 def test_weight_delta_never_enters_the_state_dict(make_quantized):
