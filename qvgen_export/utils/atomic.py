@@ -96,6 +96,18 @@ def clean_stale(folder: str | Path) -> list[Path]:
     return done
 
 
+def discard(path: str | Path) -> None:
+    """Remove a file or folder so that a kill midway never leaves it half-deleted under its own
+    name: it is renamed to a temp name first (one atomic step), which :func:`clean_stale` removes
+    if the deletion itself is interrupted."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    tmp = _temp_name(path)
+    os.replace(path, tmp)
+    _remove(tmp)
+
+
 def leftovers(folder: str | Path) -> list[str]:
     """Names of qvgen temp files/folders in ``folder`` (any process); for tests and checks."""
     folder = Path(folder)

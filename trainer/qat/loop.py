@@ -29,7 +29,7 @@ from .data import BatchMaker, CacheSource, TinySource
 from .methods import SPECS, Student, build_student, lora_lr_groups, merge_loras, param_group_of
 from .objectives import distillation_loss, flow_matching_loss
 from .phi import small_singular_share
-from .state import latest_state, load_state, read_state, save_state
+from .state import latest_state, load_state, read_state, save_state, seed_rngs
 
 
 @dataclasses.dataclass
@@ -179,6 +179,9 @@ def train(
         A :class:`TrainResult`. The Phi-free checkpoint is ``<out_dir>/model.safetensors``.
     """
     env = env or D.init_distributed()
+    # Every global generator from the seed, not from the interpreter's start-up entropy: a resumed
+    # run's restored generators then equal an uninterrupted run's (bit-exact training state).
+    seed_rngs(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)

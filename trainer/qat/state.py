@@ -16,14 +16,15 @@ empty or tampered (digest mismatch), whose ``state.json`` is not an object with 
 ``next_step`` and a ``param_groups`` list, or whose parameters or optimizer moments hold NaN/Inf.
 
 The folder is written under a temporary name and renamed (``atomic_dir``), then ``latest`` is
-replaced atomically; a run killed at any moment leaves the previous complete state, never a torn one.
+replaced atomically, then states beyond ``keep`` are renamed away and deleted; a run killed at any
+moment leaves the previous complete state, never a torn one, and its temps are removed by the next
+run (``latest_state`` cleans the ``states`` folder).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from qvgen_export.checkpoint.format import DIGEST_KEY
 from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter, tensor_bytes, tensor_digest
-from qvgen_export.utils.atomic import atomic_dir, atomic_file, clean_stale
+from qvgen_export.utils.atomic import atomic_dir, atomic_file, clean_stale, discard
 from qvgen_export.utils.lazy_safetensors import TORCH_TO_ST, LazySafetensors, UnreadableFile
 
 STATE_FORMAT = "qvgen-qat-state"
@@ -49,6 +50,18 @@ class StateError(ValueError):
 
 def _bytes_tensor(b: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(b), dtype=torch.uint8).clone() if b else torch.zeros(0, dtype=torch.uint8)
+
+
+def seed_rngs(seed: int) -> None:
+    """Seed every global generator a run may draw from (torch CPU and CUDA, numpy, Python).
+
+    A new interpreter starts torch's, numpy's and Python's global generators from OS entropy, so
+    without this an uninterrupted run and a resumed one would save different ``rng/*`` states
+    (the resumed run restores the first process's, the uninterrupted run keeps its own). Called at
+    the start of every run; a resumed run then replaces the seeded states by the saved ones."""
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:
@@ -146,7 +159,7 @@ def save_state(
         tmp.write_text(final.name + "\n")
     old = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
     for p in old[:-keep]:
-        shutil.rmtree(p, ignore_errors=True)
+        discard(p)  # renamed first: a kill mid-deletion leaves a temp, never a torn step-* folder
     return final
 
 
@@ -227,7 +240,7 @@ def _set(dst: torch.Tensor, src: torch.Tensor) -> None:
 def load_state(
     module: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any], tensors: dict[str, torch.Tensor]
 ) -> None:
-    """Restore parameters, buffers, optimizer state (by parameter name) and the torch RNG."""
+    """Restore parameters, buffers, optimizer state (by parameter name) and every global RNG."""
     where = meta.get("_path", "training state")
     sd = module.state_dict()
     model_keys = {k[len("model/") :] for k in tensors if k.startswith("model/")}
