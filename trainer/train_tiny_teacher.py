@@ -1,6 +1,6 @@
 """Train the tiny text-to-video teacher (Wan architecture, pixel space, flow matching).
 
-    python -m trainer.teacher --out artifacts/teacher/tiny_teacher.safetensors --steps 2400 --seed 0
+    python -m trainer.train_tiny_teacher --out artifacts/teacher/tiny_teacher.safetensors --steps 2400 --seed 0
 
 Objective (as Wan): ``x_sigma = (1 - sigma) * x0 + sigma * eps``, ``t = 1000 * sigma``, the model
 predicts the velocity ``eps - x0``; MSE. ``sigma`` is logit-normal(0, 1) on the 1000-point grid
@@ -98,7 +98,7 @@ def preview(model: torch.nn.Module, te: TinyTextEncoder, info: dict, out_png: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m trainer.teacher", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m trainer.train_tiny_teacher", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="output .safetensors path (a .json mirror is written beside it)")
     ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--seed", type=int, default=0)
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "wall_seconds": round(time.time() - t_start, 1),
             "parameters": n_params,
             "init": init_info.get("training"),
-            "command": "python -m trainer.teacher " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python -m trainer.train_tiny_teacher " + " ".join(argv if argv is not None else sys.argv[1:]),
         }
         return save_teacher(out, ema, te, video_cfg, DEFAULT_SAMPLING, training)
 
