@@ -27,6 +27,7 @@ from torch import nn
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig
 from qvgen_export.quant.packing import packed_shape, unpack_codes
+from qvgen_export.quant.range_search import WeightRanges, weight_ranges
 
 
 class QuantContext:
@@ -128,10 +129,15 @@ class QuantLinear(nn.Module):
             if linear.bias is not None and q.bias is not None:
                 q.bias.copy_(linear.bias.detach().float())
         if init:
-            from qvgen_export.quant.ptq import init_weight_quantizer
-
-            init_weight_quantizer(q)
+            q.init_weight_ranges()
         return q
+
+    @torch.no_grad()
+    def init_weight_ranges(self, method: WeightRanges = "mse") -> None:
+        """Set the weight scale and zero point from the weight: ``"mse"`` search or ``"minmax"``."""
+        s, z = weight_ranges(self.weight, self.config, method)
+        self.w_scale.copy_(s)
+        self.w_zero.copy_(z)
 
     # -- pieces ------------------------------------------------------------------------------
     def quant_params(self) -> tuple[torch.Tensor, torch.Tensor]:

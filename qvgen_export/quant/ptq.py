@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear
-from qvgen_export.quant.range_search import MSE_POWER, SHRINK_GRID, mse_search_weight_fast, scale_zero, weight_ranges
+from qvgen_export.quant.range_search import MSE_POWER, SHRINK_GRID, mse_search_weight_fast, scale_zero
 
 CLIP_GRID = (1.0, 0.975, 0.95, 0.9, 0.85, 0.8, 0.7)
 
@@ -68,14 +68,6 @@ def mse_search_weight_reference(w: torch.Tensor, config: QuantConfig) -> tuple[t
         best_s = torch.where(better, s, best_s)
         best_z = torch.where(better, z, best_z)
     return best_s, best_z
-
-
-def init_weight_quantizer(q: QuantLinear, method: str = "mse") -> None:
-    """Set ``q``'s scale and zero point from its weight: ``"mse"`` search or ``"minmax"`` ranges."""
-    s, z = weight_ranges(q.weight, q.config, method)
-    with torch.no_grad():
-        q.w_scale.copy_(s)
-        q.w_zero.copy_(z)
 
 
 @torch.no_grad()
@@ -162,7 +154,7 @@ def ptq_quantize(
     """
     qmodel = QuantizedWan.from_float(model, config, init=False)
     for layer in qmodel.quant_linears().values():
-        init_weight_quantizer(layer, weight_ranges_method)
+        layer.init_weight_ranges(weight_ranges_method)
     if calib_batches is not None:
         calibrate_act_clips(qmodel, calib_batches, progress=progress)
     return qmodel.eval()
