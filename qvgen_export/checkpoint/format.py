@@ -49,9 +49,6 @@ META_DIGEST_KEY = "metadata_sha256"
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 SUPPORTED_MODEL_CLASSES = ("WanTransformer3DModel",)
 
-# Per quantized layer NAME the file holds these tensors (bias under the float model's own name).
-LAYER_TENSORS = ("qweight", "w_scale", "w_zero", "clip_lower", "clip_upper")
-
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read; the message is one line naming the file and the problem."""
