@@ -348,7 +348,10 @@ def train(
 
                 assert all(layer.weight_delta is None for layer in qmodel.quant_linears().values())
                 extra = {"trainer": "trainer.qat", "method": cfg.method.value, "config": cfg.to_dict()}
-                extra["final_loss"] = history[-1]["loss"] if history else None
+                # A run resumed from its final state (killed while writing this file) ran no step:
+                # the last loss is the saved one, so the file equals an uninterrupted run's.
+                last = history[-1] if history else (meta or {}).get("last", {})
+                extra["final_loss"] = last.get("loss")
                 checkpoint = save_checkpoint(qmodel.eval(), out / "model.safetensors", extra=extra)
             D.barrier(env)
     student.qmodel.eval()
