@@ -31,3 +31,17 @@ def test_noising_and_timesteps():
     null = maker.source.null()
     dropped = sum(bool(torch.equal(c, null)) for c in b.cond)
     assert 0 <= dropped <= 12  # 5% of 64 on average
+
+
+def test_tiny_source_draws_from_the_teachers_world():
+    import dataclasses
+
+    from qvgen_tinyworld.dataset import VideoConfig
+
+    world = dataclasses.replace(VideoConfig(), size_range=(6.0, 7.0), gradient=0.2)
+    src = TinySource(0, world=world)
+    assert src.dataset.config == world
+    assert not torch.equal(src.clips([0])[0], TinySource(0).clips([0])[0])
+    # a smaller test geometry shrinks the teacher's world, not the defaults
+    small = TinySource(0, frames=4, height=16, width=16, world=world).dataset.config
+    assert small.size_range == (3.0, 3.5) and small.gradient == 0.2

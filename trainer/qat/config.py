@@ -163,13 +163,14 @@ class TrainConfig:
         """The QuantConfig of this run: LSQ's activation clip is one row for all timesteps."""
         from qvgen_export.quant.config import QuantConfig
 
-        groups = 1 if self.method is Method.LSQ else 50
+        # Only LSQ departs from the quant config's timestep groups (it owns the number).
+        lsq = {"timestep_groups": 1} if self.method is Method.LSQ else {}
         return QuantConfig.preset(
             self.scheme,
-            timestep_groups=groups,
             num_train_timesteps=self.num_train_timesteps,
             include=self.include,
             exclude=self.exclude,
+            **lsq,
         )
 
     # -- serialisation -----------------------------------------------------------------------

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from qvgen_tinyworld.dataset import VideoConfig
 
 
 @dataclasses.dataclass
@@ -70,12 +73,20 @@ class TinySource:
     """The procedural tiny-video world (``qvgen_tinyworld``) through the fixed text encoder."""
 
     def __init__(
-        self, seed: int, frames: int = 8, height: int = 32, width: int = 32, text_encoder: object = None
+        self,
+        seed: int,
+        frames: int = 8,
+        height: int = 32,
+        width: int = 32,
+        text_encoder: object = None,
+        world: VideoConfig | None = None,
     ) -> None:
+        """``world``: the ``VideoConfig`` the teacher was trained on (its file records it); clips
+        come from that world, shrunk only where a smaller test geometry is asked for."""
         from qvgen_tinyworld.dataset import TinyVideoDataset, VideoConfig
         from qvgen_tinyworld.text_encoder import TinyTextEncoder
 
-        default = VideoConfig()
+        default = world if world is not None else VideoConfig()
         if (frames, height, width) == (default.frames, default.height, default.width):
             video = default
         else:
@@ -83,7 +94,8 @@ class TinySource:
             f = min(height, width) / 32.0
             lo, hi = default.size_range
             slo, shi = default.speed_range
-            video = VideoConfig(
+            video = dataclasses.replace(
+                default,
                 frames=frames,
                 height=height,
                 width=width,

@@ -194,7 +194,15 @@ def train(
     sched = cfg.rank_decay() if spec.rank_decay else None
 
     if cfg.uses_tiny_data:
-        source: Any = TinySource(cfg.seed, cfg.video_frames, cfg.video_height, cfg.video_width, text_encoder)
+        world = None
+        if cfg.teacher == "tiny":  # the clips come from the world the teacher records
+            from qvgen_tinyworld.dataset import VideoConfig
+            from qvgen_tinyworld.teacher import ASSET_PATH, read_teacher_info
+
+            world = VideoConfig.from_dict(read_teacher_info(ASSET_PATH)["video"])
+        source: Any = TinySource(
+            cfg.seed, cfg.video_frames, cfg.video_height, cfg.video_width, text_encoder, world=world
+        )
     else:
         source = CacheSource(cfg.data, cfg.seed)
     maker = BatchMaker(source, cfg.seed, cfg.batch_size, cfg.caption_dropout, cfg.num_train_timesteps)
