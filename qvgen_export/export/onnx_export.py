@@ -23,13 +23,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qvgen_export.artifact.contract import INPUT_NAMES, OUTPUT_NAMES, axis_dims
+from qvgen_export.export.nbits_lowering import PACKED_ATTR
 from qvgen_export.quant.modules import QuantizedWan
 from qvgen_export.targets import Target, get_target
 
 OPSET = 21
 # ORT 1.31 reads IR version <= 13 and onnx 1.23 writes 14; 10 is what opset 21 requires.
 IR_VERSION = 10
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of initializers; protobuf's hard limit is 2 GiB
+# Bytes of initializers above which they go to external data. Not protobuf's 2 GiB limit: a
+# single file means the whole ModelProto with every weight in memory, plus its serialised bytes
+# (2-3x the weights: 3.7 GiB for Wan 1.3B's 0.72 GB); external data is written tensor by tensor.
+EXTERNAL_DATA_THRESHOLD = 128 << 20
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 
@@ -99,8 +103,8 @@ def fold_int4_casts(model: Any) -> int:
 
 
 LAYER_KEY = "qvgen.layer"
-# The custom torch ops a quantized linear is traced as (QDQ target, plugin target).
-LOWERED_OPS = ("quant_linear", "w4a4_plugin_linear")
+# The custom torch ops a quantized linear is traced as (onnx target's qdq and nbits forms, plugin target).
+LOWERED_OPS = ("quant_linear", "quant_linear_nbits", "w4a4_plugin_linear")
 
 
 def _compact_node_metadata(model: Any) -> None:
@@ -126,6 +130,7 @@ def _compact_node_metadata(model: Any) -> None:
 
 
 CODES_SUFFIX = ".codes_t_u4"
+NBITS_SUFFIX = "." + PACKED_ATTR  # a MatMulNBits node's packed weight
 # What the QDQ lowering puts between a MatMul and its weight codes / its activation codes.
 _WEIGHT_PATH = frozenset({"Sub", "Reshape", "DequantizeLinear"})
 _ACT_PATH = frozenset({"Reshape", "DequantizeLinear", "Min"})
@@ -149,21 +154,28 @@ def _upstream(value: Any, stop: Callable[[Any], bool], through: frozenset[str], 
 
 
 def quantized_layer_nodes(model: Any) -> dict[str, tuple[Any, Any]]:
-    """``{layer name: (MatMul node, activation QuantizeLinear node)}`` found from graph structure.
+    """``{layer name: (MatMul or MatMulNBits node, activation QuantizeLinear node)}`` from graph structure.
 
-    The layer is named by its INT4 weight initializer (``<prefix><layer>.codes_t_u4``); the
+    The layer is named by its INT4 weight initializer (``<prefix><layer>.codes_t_u4``, or the
+    MatMulNBits weight ``<prefix><layer>.nbits_b``); the
     activation codes are the QuantizeLinear feeding that MatMul's data side. Several layers may
     share one activation QuantizeLinear after common-subexpression elimination (e.g. q/k/v with
     identical clip tables).
     """
     out: dict[str, tuple[Any, Any]] = {}
     for node in model.graph:
-        if node.op_type != "MatMul":
-            continue
-        w = _upstream(
-            node.inputs[1], lambda v: v.const_value is not None and v.name.endswith(CODES_SUFFIX), _WEIGHT_PATH
-        )
-        if w is None:
+        if node.op_type == "MatMulNBits":  # weight form nbits: the packed codes are the node's B
+            w, suffix = node.inputs[1], NBITS_SUFFIX
+            if w is None or not w.name.endswith(suffix):
+                continue
+        elif node.op_type == "MatMul":
+            suffix = CODES_SUFFIX
+            w = _upstream(
+                node.inputs[1], lambda v: v.const_value is not None and v.name.endswith(CODES_SUFFIX), _WEIGHT_PATH
+            )
+            if w is None:
+                continue
+        else:
             continue
         q = _upstream(
             node.inputs[0],
@@ -176,7 +188,7 @@ def quantized_layer_nodes(model: Any) -> dict[str, tuple[Any, Any]]:
         )
         if q is None:
             continue
-        name = w.name.removesuffix(CODES_SUFFIX).removeprefix("model.transformer.").removeprefix("layer.")
+        name = w.name.removesuffix(suffix).removeprefix("model.transformer.").removeprefix("layer.")
         out.setdefault(name, (node, q.producer()))
     return out
 

@@ -26,8 +26,10 @@ def export_checkpoint(
 ) -> dict[str, Any]:
     """Export a quantized checkpoint to ``out_dir``; returns the manifest fields written.
 
-    ``target`` is a name of :data:`qvgen_export.targets.TARGETS`. The ``trt`` target writes the
-    plugin graph; building its engine is :func:`qvgen_export.targets.trt_engine.build_engine`.
+    ``target`` is a target spec: a name of :data:`qvgen_export.targets.TARGETS`, optionally with
+    ``:form`` for a weight form (``onnx:qdq``; the target's default form otherwise). The ``trt``
+    target writes the plugin graph; building its engine is
+    :func:`qvgen_export.targets.trt_engine.build_engine`.
 
     Raises ``CheckpointError`` for a bad checkpoint, ``ValueError`` for a bad target,
     ``NotImplementedError`` for a scheme the target cannot run, ``FileExistsError``/
@@ -46,10 +48,10 @@ def export_checkpoint(
 
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         # Three blocks traced, the rest instantiated from the file block by block (block_stitch.py).
-        result = export_checkpoint_blocks(info, tensors, tmp, target, progress=progress)
+        result = export_checkpoint_blocks(info, tensors, tmp, spec.spec, progress=progress)
         fields: dict[str, Any] = {
             "format": EXPORT_FORMAT,
-            "target": target,
+            "target": spec.name,
             "opset": OPSET,
             "ir_version": IR_VERSION,
             "model_file": result.onnx_path.name,
@@ -65,7 +67,11 @@ def export_checkpoint(
             "onnxruntime_session_config": ORT_SESSION_CONFIG,
             "export_seconds": round(result.seconds, 2),
         }
-        if target == "trt":
+        if spec.weight_form is not None:
+            # How the weights were lowered (targets/registry.py: weight forms); readers default
+            # a manifest without it to the target's unrecorded_weight_form.
+            fields["weight_form"] = spec.weight_form
+        if spec.name == "trt":
             from qvgen_export.targets.plugin_contract import load_contract
 
             fields["plugin"] = load_contract().to_manifest()

@@ -37,11 +37,9 @@ def _f(v: float):  # type: ignore[no-untyped-def]
     return op.Constant(value_float=float(v))
 
 
-def quant_linear_qdq(
-    x, clip_lo, clip_hi, codes_t, w_scale_t, w_zs_t, bias=None, w_bits: int = 4, a_bits: int = 4, group_size: int = 0
-):  # type: ignore[no-untyped-def]
+def fake_quant_act(x, clip_lo, clip_hi, a_bits: int = 4):  # type: ignore[no-untyped-def]
+    """Per-token activation fake quant ``x^`` (the activation half of every ``onnx`` lowering)."""
     a_qmax = float(2**a_bits - 1)
-    # -- activations, per token ---------------------------------------------------------------
     axes = op.Constant(value_ints=[-1])
     lo = op.Mul(op.Min(op.ReduceMin(x, axes, keepdims=1), _f(0.0)), clip_lo)
     hi = op.Mul(op.Max(op.ReduceMax(x, axes, keepdims=1), _f(0.0)), clip_hi)
@@ -65,7 +63,13 @@ def quant_linear_qdq(
                 op.Reshape(s1, op.Constant(value_ints=[-1, 1])),
             ),
         )
-    xq = op.Reshape(xq, op.Shape(x))
+    return op.Reshape(xq, op.Shape(x))
+
+
+def quant_linear_qdq(
+    x, clip_lo, clip_hi, codes_t, w_scale_t, w_zs_t, bias=None, w_bits: int = 4, a_bits: int = 4, group_size: int = 0
+):  # type: ignore[no-untyped-def]
+    xq = fake_quant_act(x, clip_lo, clip_hi, a_bits)
     # -- weights ----------------------------------------------------------------------------
     codes = op.Cast(codes_t, to=_container(w_bits))
     if w_scale_t.shape is not None and w_scale_t.shape[0] == 1:

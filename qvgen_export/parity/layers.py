@@ -143,11 +143,12 @@ class _LayerGraphs:
         if side.kind == "pytorch":
             harness = _LayerHarness(layer).eval()
             return torch_runner(lambda x, group: {"y": harness(x, group)}, _feed(x, group), side.label)
-        assert side.target is not None
-        form = layer_export_form(layer, side.target)
+        spec = side.target_spec
+        assert spec is not None
+        form = layer_export_form(layer, spec)  # the folder's weight form, as its graph has it
         key = (layer.in_features, layer.out_features, layer.bias is None, x.dim())
         if key not in self.templates:
-            self.templates[key] = export_layer(form, x, group, side.target)
+            self.templates[key] = export_layer(form, x, group, spec)
             model = self.templates[key]
         else:
             model = _swap_weights(self.templates[key], form.layer)

@@ -28,22 +28,40 @@ class Side:
 
     @classmethod
     def graph(cls, target: str, kind: str = "ort") -> Side:
-        """A side with no folder: layer graphs lowered for ``target`` (per-layer checks only)."""
+        """A side with no folder: layer graphs lowered for ``target`` (a target spec such as
+        ``onnx`` or ``onnx:qdq``; per-layer checks only)."""
         from qvgen_export.export.pipeline import ORT_SESSION_CONFIG
         from qvgen_export.targets import get_target
 
-        get_target(target)
-        return cls(kind, None, {"target": target, "onnxruntime_session_config": ORT_SESSION_CONFIG})
+        t = get_target(target)
+        manifest: dict[str, Any] = {"target": t.name, "onnxruntime_session_config": ORT_SESSION_CONFIG}
+        if t.weight_form is not None:
+            manifest["weight_form"] = t.weight_form
+        return cls(kind, None, manifest)
 
     @property
     def target(self) -> str | None:
         return None if self.manifest is None else str(self.manifest["target"])
 
     @property
+    def target_spec(self) -> str | None:
+        """Target and weight form the side's graphs are lowered with (``targets.manifest_spec``)."""
+        from qvgen_export.targets import manifest_spec
+
+        return None if self.manifest is None else manifest_spec(self.manifest)
+
+    @property
     def label(self) -> str:
         if self.kind == "pytorch":
             return "pytorch"
-        return f"onnxruntime[{self.target}]" if self.kind == "ort" else "tensorrt"
+        if self.kind != "ort":
+            return "tensorrt"
+        # onnxruntime[onnx] for the target's default weight form, onnxruntime[onnx:qdq] otherwise
+        from qvgen_export.targets import get_target
+
+        spec = self.target_spec
+        assert spec is not None
+        return f"onnxruntime[{self.target if get_target(spec) == get_target(str(self.target)) else spec}]"
 
     @property
     def has_codes(self) -> bool:

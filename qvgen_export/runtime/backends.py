@@ -20,7 +20,7 @@ import torch
 
 from qvgen_export.artifact.contract import OUTPUT_NAMES, feeds
 from qvgen_export.export.manifest import verify_manifest
-from qvgen_export.targets import get_target
+from qvgen_export.targets import get_target, manifest_spec
 
 
 class Backend(Protocol):
@@ -91,7 +91,10 @@ def read_folder_manifest(folder: str | Path) -> dict[str, Any]:
     for key in ("model_file", "model_config", "target"):
         if key not in manifest:
             raise ValueError(f"{folder / 'manifest.json'}: no {key!r} (not a complete qvgen-export folder)")
-    get_target(manifest["target"])
+    try:
+        manifest_spec(manifest)  # a known target and weight form (ONNX Runtime runs every form)
+    except ValueError as e:
+        raise ValueError(f"{folder / 'manifest.json'}: {e}") from None
     return manifest
 
 

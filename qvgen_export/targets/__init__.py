@@ -4,6 +4,6 @@ One registry (:mod:`qvgen_export.targets.registry`); the CLI, ``export_checkpoin
 ``qvgen-run`` and the parity report take their targets from it.
 """
 
-from qvgen_export.targets.registry import TARGETS, EngineUnavailableError, Target, get_target
+from qvgen_export.targets.registry import TARGETS, EngineUnavailableError, Target, get_target, manifest_spec
 
-__all__ = ["TARGETS", "EngineUnavailableError", "Target", "get_target"]
+__all__ = ["TARGETS", "EngineUnavailableError", "Target", "get_target", "manifest_spec"]

@@ -64,6 +64,17 @@ def w4a4_export(tmp_path_factory, w4a4_ckpt) -> Path:
 
 
 @pytest.fixture(scope="session")
+def qdq_export(tmp_path_factory, w4a4_ckpt) -> Path:
+    """The same checkpoint's ``onnx`` folder in the standard-ONNX weight form (``onnx:qdq``);
+    ``w4a4_export`` has the default form (MatMulNBits)."""
+    from qvgen_export.export.pipeline import export_checkpoint
+
+    out = tmp_path_factory.mktemp("export") / "qdq_w4a4"
+    export_checkpoint(w4a4_ckpt, out, target="onnx:qdq")
+    return out
+
+
+@pytest.fixture(scope="session")
 def trt_export(tmp_path_factory, w4a4_ckpt) -> Path:
     """The plugin-graph (--target trt) folder of the same checkpoint as ``w4a4_export``."""
     from qvgen_export.export.pipeline import export_checkpoint

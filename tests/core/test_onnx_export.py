@@ -13,9 +13,10 @@ from qvgen_export.quant.ptq import ptq_quantize
 from qvgen_export.runtime.backends import Denoiser, OrtBackend
 
 
-def test_graph_structure(w4a4_export):
-    manifest = json.loads((w4a4_export / "manifest.json").read_text())
-    model = onnx.load(str(w4a4_export / manifest["model_file"]))
+def test_graph_structure(qdq_export):
+    manifest = json.loads((qdq_export / "manifest.json").read_text())
+    assert manifest["weight_form"] == "qdq"
+    model = onnx.load(str(qdq_export / manifest["model_file"]))
     onnx.checker.check_model(model, full_check=True)
     assert model.ir_version == 10
     assert {o.domain: o.version for o in model.opset_import}[""] == 21
@@ -34,7 +35,7 @@ def test_graph_structure(w4a4_export):
 
     from qvgen_export.export.onnx_export import quantized_layer_nodes
 
-    layer_map = quantized_layer_nodes(ir.load(str(w4a4_export / manifest["model_file"])))
+    layer_map = quantized_layer_nodes(ir.load(str(qdq_export / manifest["model_file"])))
     assert len(layer_map) == n_layers
     act_q = {q.name for _, q in layer_map.values()}
     assert ops.count("QuantizeLinear") == 2 * len(act_q)
