@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from qvgen_export.checkpoint.format import write_checkpoint_file
 from trainer.qat.loop import train
-from trainer.qat.state import latest_state
+from trainer.qat.state import STATE_FORMAT, StateError, latest_state
 
 
 def _final(run_dir):
@@ -62,9 +64,23 @@ def test_torn_state_is_ignored(tmp_path, make_config, tiny_teacher):
 
 
 def test_resume_with_other_settings_is_refused(make_config, tiny_teacher):
-    import pytest
-
     run = make_config(method="qdm", steps=2, save_every=1)
     train(run.replace(stop_after=1), *tiny_teacher)
     with pytest.raises(ValueError, match="the saved run has steps=2 but this config has steps=3"):
         train(run.replace(steps=3), *tiny_teacher)
+
+
+@pytest.mark.parametrize(("prefix", "value"), [("model/", float("nan")), ("optim/", float("inf"))])
+def test_non_finite_state_is_refused(tmp_path, make_config, tiny_teacher, prefix, value):
+    """A NaN parameter or an Inf Adam moment, with valid digests (so only the finiteness check can
+    catch it): resuming would train on garbage, so the state is refused in one line."""
+    run = make_config(method="qdm", steps=2, save_every=1)
+    train(run.replace(stop_after=1), *tiny_teacher)
+    st = latest_state(tmp_path / "run")
+    t = load_file(str(st / "tensors.safetensors"))
+    k = next(k for k in sorted(t) if k.startswith(prefix) and t[k].is_floating_point() and t[k].numel() > 1)
+    t[k].view(-1)[1] = value
+    write_checkpoint_file(tmp_path / "forged.safetensors", t, {"format": STATE_FORMAT})  # fresh digests
+    (tmp_path / "forged.safetensors").replace(st / "tensors.safetensors")
+    with pytest.raises(StateError, match=f"tensors.safetensors: tensor '{k}' contains NaN or Inf"):
+        train(run, *tiny_teacher)
