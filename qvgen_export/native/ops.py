@@ -111,14 +111,10 @@ def cuda_gemm_path(device: torch.device) -> int:
     return chosen
 
 
-def act_quant(
-    x: torch.Tensor, clip_lo: torch.Tensor, clip_hi: torch.Tensor, bits: int, tokens_per_sample: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token dynamic quantization of ``x [M, K]`` to packed ``bits``-bit codes.
-
-    Returns ``(qx [M, ldq] uint8, scale [M] float32, zero [M] int32, code_sum [M] int32)``.
-    ``tokens_per_sample`` defaults to ``M // B`` with ``B = clip_lo.numel()``.
-    """
+def _act_args(
+    x: torch.Tensor, clip_lo: torch.Tensor, clip_hi: torch.Tensor, bits: int, tokens_per_sample: int | None
+) -> tuple[torch.Tensor, int, int, int]:
+    """Checks shared by both activation quantizers: ``(x row-contiguous, M, K, tokens_per_sample)``."""
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D [M, K], got shape {tuple(x.shape)}")
     if x.dtype not in _X_DTYPES:
@@ -139,6 +135,55 @@ def act_quant(
         tokens_per_sample = max(m // b, 1)
     if tokens_per_sample < 1 or (m and (m - 1) // tokens_per_sample >= b):
         raise ValueError(f"tokens_per_sample={tokens_per_sample} needs more than {b} clip factors for {m} tokens")
+    return x, m, k, tokens_per_sample
+
+
+def _gemm_args(
+    codes: tuple[tuple[str, torch.Tensor], tuple[str, torch.Tensor]],
+    x_scale: torch.Tensor | None,
+    x_zero: torch.Tensor | None,
+    x_sum: torch.Tensor | None,
+    w_scale: torch.Tensor | None,
+    w_zero: torch.Tensor | None,
+    w_sum: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> tuple[int, int, bool]:
+    """Checks shared by both GEMMs: ``(M, N, raw)``; ``codes`` are the named activation and weight codes."""
+    if out_dtype not in _Y_DTYPES:
+        raise TypeError(f"out_dtype must be one of {list(_Y_DTYPES)}, got {out_dtype}")
+    dev = codes[0][1].device
+    for name, t in codes:
+        if t.dtype != torch.uint8 or t.dim() != 2 or not t.is_contiguous() or t.device != dev:
+            raise ValueError(f"{name} must be a contiguous 2-D uint8 tensor on {dev}")
+    m, n = codes[0][1].shape[0], codes[1][1].shape[0]
+    raw = out_dtype == torch.int32
+    if not raw:
+        for name, t, rows, dt in (
+            ("x_scale", x_scale, m, torch.float32),
+            ("x_zero", x_zero, m, torch.int32),
+            ("x_sum", x_sum, m, torch.int32),
+            ("w_scale", w_scale, n, torch.float32),
+            ("w_zero", w_zero, n, torch.float32),
+            ("w_sum", w_sum, n, torch.int32),
+        ):
+            if t is None:
+                raise ValueError(f"{name} is required unless out_dtype is torch.int32")
+            _require(t, name, dt, (rows,), dev)
+        if bias is not None:
+            _require(bias, "bias", torch.float32, (n,), dev)
+    return m, n, raw
+
+
+def act_quant(
+    x: torch.Tensor, clip_lo: torch.Tensor, clip_hi: torch.Tensor, bits: int, tokens_per_sample: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token dynamic quantization of ``x [M, K]`` to packed ``bits``-bit codes.
+
+    Returns ``(qx [M, ldq] uint8, scale [M] float32, zero [M] int32, code_sum [M] int32)``.
+    ``tokens_per_sample`` defaults to ``M // B`` with ``B = clip_lo.numel()``.
+    """
+    x, m, k, tokens_per_sample = _act_args(x, clip_lo, clip_hi, bits, tokens_per_sample)
     ldq = packed_row_bytes(k)
     dev = x.device
     qx = torch.empty(m, ldq, dtype=torch.uint8, device=dev)
@@ -211,28 +256,8 @@ def gemm(
     sums and bias are then ignored and may be None). ``path`` (CUDA only) forces a GEMM path by
     name; default: :func:`cuda_gemm_path`.
     """
-    if out_dtype not in _Y_DTYPES:
-        raise TypeError(f"out_dtype must be one of {list(_Y_DTYPES)}, got {out_dtype}")
     dev = qx.device
-    for name, t in (("qx", qx), ("qw", qw)):
-        if t.dtype != torch.uint8 or t.dim() != 2 or not t.is_contiguous() or t.device != dev:
-            raise ValueError(f"{name} must be a contiguous 2-D uint8 tensor on {dev}")
-    m, n = qx.shape[0], qw.shape[0]
-    raw = out_dtype == torch.int32
-    if not raw:
-        for name, t, rows, dt in (
-            ("x_scale", x_scale, m, torch.float32),
-            ("x_zero", x_zero, m, torch.int32),
-            ("x_sum", x_sum, m, torch.int32),
-            ("w_scale", w_scale, n, torch.float32),
-            ("w_zero", w_zero, n, torch.float32),
-            ("w_sum", w_sum, n, torch.int32),
-        ):
-            if t is None:
-                raise ValueError(f"{name} is required unless out_dtype is torch.int32")
-            _require(t, name, dt, (rows,), dev)
-        if bias is not None:
-            _require(bias, "bias", torch.float32, (n,), dev)
+    m, n, raw = _gemm_args((("qx", qx), ("qw", qw)), x_scale, x_zero, x_sum, w_scale, w_zero, w_sum, bias, out_dtype)
     y = torch.empty(m, n, dtype=out_dtype, device=dev)
     args = (
         qx.data_ptr(),
@@ -290,16 +315,7 @@ def act_quant_u8(
     """
     if x.device.type != "cuda":
         raise ValueError("act_quant_u8 is CUDA only (the CPU reference packs nibbles: use act_quant)")
-    if x.dim() != 2 or x.dtype not in _X_DTYPES:
-        raise ValueError(f"x must be a 2-D float32/float16/bfloat16 tensor, got {x.dtype} {tuple(x.shape)}")
-    if x.stride(1) != 1 or (x.shape[0] > 1 and x.stride(0) < x.shape[1]):
-        x = x.contiguous()
-    m, k = x.shape
-    b = clip_lo.numel()
-    if tokens_per_sample is None:
-        tokens_per_sample = max(m // max(b, 1), 1)
-    _require(clip_lo, "clip_lo", torch.float32, (b,), x.device)
-    _require(clip_hi, "clip_hi", torch.float32, (b,), x.device)
+    x, m, k, tokens_per_sample = _act_args(x, clip_lo, clip_hi, bits, tokens_per_sample)
     ld8 = byte_row_bytes(k)
     dev = x.device
     qx8 = torch.empty(m, ld8, dtype=torch.uint8, device=dev)
@@ -349,30 +365,11 @@ def gemm_u8(
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """:func:`gemm` over byte codes on the CUTLASS wgmma path (sm_90 build with CUTLASS only)."""
-    if out_dtype not in _Y_DTYPES:
-        raise TypeError(f"out_dtype must be one of {list(_Y_DTYPES)}, got {out_dtype}")
     dev = qx8.device
     if dev.type != "cuda":
         raise ValueError("gemm_u8 is CUDA only")
-    for name, t in (("qx8", qx8), ("qw8", qw8)):
-        if t.dtype != torch.uint8 or t.dim() != 2 or not t.is_contiguous() or t.device != dev:
-            raise ValueError(f"{name} must be a contiguous 2-D uint8 tensor on {dev}")
-    m, n = qx8.shape[0], qw8.shape[0]
-    raw = out_dtype == torch.int32
-    if not raw:
-        for name, t, rows, dt in (
-            ("x_scale", x_scale, m, torch.float32),
-            ("x_zero", x_zero, m, torch.int32),
-            ("x_sum", x_sum, m, torch.int32),
-            ("w_scale", w_scale, n, torch.float32),
-            ("w_zero", w_zero, n, torch.float32),
-            ("w_sum", w_sum, n, torch.int32),
-        ):
-            if t is None:
-                raise ValueError(f"{name} is required unless out_dtype is torch.int32")
-            _require(t, name, dt, (rows,), dev)
-        if bias is not None:
-            _require(bias, "bias", torch.float32, (n,), dev)
+    codes = (("qx8", qx8), ("qw8", qw8))
+    m, n, raw = _gemm_args(codes, x_scale, x_zero, x_sum, w_scale, w_zero, w_sum, bias, out_dtype)
     y = torch.empty(m, n, dtype=out_dtype, device=dev)
     lib = _lib.cuda_library()
     with torch.cuda.device(dev):
