@@ -22,7 +22,7 @@ from qvgen_export.checkpoint.schema import (
     check_quant_config,
     estimate_parameters,
 )
-from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter, tensor_bytes, tensor_digest
+from qvgen_export.checkpoint.stream_writer import tensor_bytes, tensor_digest, write_safetensors
 from qvgen_export.quant.config import QuantConfig
 from qvgen_export.quant.functional import weight_codes, weight_dequant
 from qvgen_export.quant.modules import (
@@ -160,15 +160,7 @@ def save_checkpoint(model: QuantizedWan, path: str | Path, extra: dict[str, Any]
 
 def write_checkpoint_file(path: str | Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, str]) -> None:
     """Lay ``tensors`` out as safetensors does, with sorted metadata and per-tensor digests."""
-    specs = {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
-    writer = StreamingSafetensorsWriter(path, specs, meta, digest_key=DIGEST_KEY)
-    try:
-        for k, t in tensors.items():
-            writer.write(k, t)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    write_safetensors(path, tensors, meta, DIGEST_KEY)
 
 
 # --------------------------------------------------------------------------------------------

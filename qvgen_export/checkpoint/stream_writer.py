@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,19 @@ class StreamingSafetensorsWriter:
 
     def abort(self) -> None:
         self._f.close()
+
+
+def write_safetensors(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], meta: dict[str, str], digest_key: str
+) -> None:
+    """Write ``tensors`` in one streaming pass with sorted metadata and per-tensor digests under
+    ``digest_key``. Callers write to a temp name (``utils.atomic``), which removes a partial file."""
+    specs = {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
+    writer = StreamingSafetensorsWriter(path, specs, meta, digest_key=digest_key)
+    try:
+        for k, t in tensors.items():
+            writer.write(k, t)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from qvgen_export.checkpoint.format import DIGEST_KEY
-from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter, tensor_bytes, tensor_digest
+from qvgen_export.checkpoint.stream_writer import tensor_bytes, tensor_digest, write_safetensors
 from qvgen_export.utils.atomic import atomic_dir, atomic_file, clean_stale, discard
 from qvgen_export.utils.lazy_safetensors import TORCH_TO_ST, LazySafetensors, UnreadableFile
 
@@ -145,15 +145,7 @@ def save_state(
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{next_step:07d}"
     with atomic_dir(final, overwrite=True, what="the training state") as tmp:
-        specs = {k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}
-        writer = StreamingSafetensorsWriter(tmp / "tensors.safetensors", specs, {"format": STATE_FORMAT}, DIGEST_KEY)
-        try:
-            for k, t in tensors.items():
-                writer.write(k, t)
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
+        write_safetensors(tmp / "tensors.safetensors", tensors, {"format": STATE_FORMAT}, DIGEST_KEY)
         (tmp / "state.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     with atomic_file(root / "latest", what="the training state pointer") as tmp:
         tmp.write_text(final.name + "\n")
