@@ -6,7 +6,7 @@ half-written, and the final TRAINING STATE (model, optimizer moments, every RNG,
 bit-identical to an uninterrupted run's.
 
 Runs are forked from one server process that imported the trainer once (``forked_runs``), so
-each of the ~18 runs costs its training, not torch's and diffusers' imports.
+each of the 16 runs costs its training, not torch's and diffusers' imports.
 """
 
 from __future__ import annotations
@@ -91,9 +91,9 @@ PLANS: dict[str, list[dict[str, Any]]] = {
     "mid-step": [{"point": "mid-step", "step": 3}],  # inside step 3 (of 1..4): backward done, no update
     "state-partial": [{"point": "partial", "target": T3}],  # 2 tensors of the state written
     "before-rename": [{"point": "before-rename", "target": T3}],  # state temp complete, not renamed
-    "before-latest": [{"point": "before-latest", "target": T3}],  # renamed, `latest` still step 2
-    # killed before `latest` moved, then again between the two renames of re-saving that state
-    "aside": [{"point": "before-latest", "target": T3}, {"point": "aside", "target": T3}],
+    # killed with step 3 renamed in but `latest` still naming step 2; the next run resumes from 2,
+    # re-saves step 3 over the existing folder and is killed between the two renames of that overwrite
+    "before-latest-then-aside": [{"point": "before-latest", "target": T3}, {"point": "aside", "target": T3}],
     "pruning": [{"point": "pruning", "target": T1}],  # deleting the oldest state after save 3
     "model-partial": [{"point": "partial", "target": "model.safetensors"}],  # final model half written
 }
