@@ -111,9 +111,8 @@ class NbitsQuantLinear(nn.Module):
         with torch.no_grad():
             packed = pack_codes(src.codes(), cfg.weight_bits)  # [N, K/2]: K is a multiple of block
             self.register_buffer(PACKED_ATTR, packed.reshape(src.out_features, blocks, block // 2).contiguous())
-            # [N, G] -> [N, blocks]: G is 1 (per channel) or blocks (per group of block inputs).
-            s = QF.expand_groups(src.w_scale.detach().float(), blocks)
-            z = QF.expand_groups(src.w_zero.detach().float(), blocks)
+            # [N, G] -> [N, blocks]: G is 1 (per channel: repeated) or blocks (groups of block inputs).
+            s, z = (t.detach().float().expand(-1, blocks) for t in (src.w_scale, src.w_zero))
             # A frozen Parameter, not a buffer: diffusers reads next(module.parameters()).dtype.
             self.nbits_scales = nn.Parameter(s.reshape(-1).contiguous(), requires_grad=False)
             self.register_buffer("nbits_zero_points", z.reshape(-1).contiguous())

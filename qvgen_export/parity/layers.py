@@ -154,7 +154,7 @@ class _LayerGraphs:
             model = _swap_weights(self.templates[key], form.layer)
         import onnx_ir as ir
 
-        path = self.work_dir / f"{name}.{side.target}.onnx"
+        path = self.work_dir / f"{name}.{spec.replace(':', '-')}.onnx"
         ir.save(model, path)
         if side.kind == "trt":
             return trt_runner(side, path, side.label, {k: v.shape for k, v in _feed(x, group).items()})

@@ -27,9 +27,14 @@ from qvgen_export.runtime.backends import OrtBackend, ort_session
 from qvgen_export.targets import get_target, manifest_spec
 
 
-def _feed(seed: int = 0) -> dict[str, np.ndarray]:
+def _inputs(seed: int = 0, text_dim: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    x, t, e = torch.randn(2, 3, 4, 16, 16, generator=g), torch.tensor([900.0, 30.0]), torch.randn(2, 6, 64, generator=g)
+    x, t = torch.randn(2, 3, 4, 16, 16, generator=g), torch.tensor([900.0, 30.0])
+    return x, t, torch.randn(2, 6, text_dim, generator=g)
+
+
+def _feed(seed: int = 0, text_dim: int = 64) -> dict[str, np.ndarray]:
+    x, t, e = _inputs(seed, text_dim)
     return {"hidden_states": x.numpy(), "timestep": t.numpy(), "encoder_hidden_states": e.numpy()}
 
 
@@ -84,25 +89,26 @@ def _matmulnbits_alone(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, onnx.No
 
 
 @pytest.mark.parametrize("scheme", [{}, {"weight_granularity": "per_group", "group_size": 16}])
-def test_nbits_weight_is_the_reference_weight_bit_for_bit(make_quantized, sample_inputs, scheme):
+def test_nbits_weight_is_the_reference_weight_bit_for_bit(sample_inputs, scheme):
     """MatMulNBits' weight, read back through an identity A, equals PyTorch's ``q*s - z*s``."""
     import onnx_ir as ir
 
     from qvgen_export.parity.layers import capture_layer_inputs, export_layer, layer_export_form
 
-    q = make_quantized("w4a4", **scheme)
-    name = "blocks.0.ffn.net.2"  # K = 256: block 256 per channel, 16 per group
+    cfg = {**TINY_WAN_CONFIG, "ffn_dim": 512, "num_layers": 1}
+    q = ptq_quantize(build_wan(cfg, seed=1), QuantConfig.preset("w4a4", **scheme), progress=False)
+    name = "blocks.0.ffn.net.2"  # K = 512: 2 blocks of 256 per channel (scales repeated), 32 per group
     layer = q.quant_linears()[name]
     x, group = capture_layer_inputs(q, sample_inputs)[name]
     harness = layer_export_form(layer, "onnx:nbits")
     assert isinstance(harness.layer, NbitsQuantLinear)
     model, node = _matmulnbits_alone(ir.to_proto(export_layer(harness, x, group, "onnx:nbits")))
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    assert attrs == {"K": 256, "N": 64, "bits": 4, "block_size": 256 if not scheme else 16, "accuracy_level": 1}
+    assert attrs == {"K": 512, "N": 64, "bits": 4, "block_size": 256 if not scheme else 16, "accuracy_level": 1}
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    w_ort = sess.run(None, {node.input[0]: np.eye(256, dtype=np.float32)})[0]  # [K, N]
+    w_ort = sess.run(None, {node.input[0]: np.eye(512, dtype=np.float32)})[0]  # [K, N]
     w_ref = layer.quantized_weight().detach().t().numpy()
     np.testing.assert_array_equal(w_ort, w_ref)
 
@@ -151,6 +157,12 @@ def test_nbits_layers_match_pytorch_and_qdq(w4a4_export, w4a4_ckpt, sample_input
     # forms give identical layer outputs.
     vs_qdq = check_layers(model, sample_inputs, tmp_path / "b", side, Side.graph("onnx:qdq"), progress=False)
     assert len(vs_qdq) == 26 and all(r.max_abs_error == 0.0 for r in vs_qdq)
+    # ... and each side really ran its own form's layer graph
+    name = "blocks.1.ffn.net.2"
+    nbits = Counter(n.op_type for n in onnx.load(str(tmp_path / "b" / f"{name}.onnx-nbits.onnx")).graph.node)
+    qdq = Counter(n.op_type for n in onnx.load(str(tmp_path / "b" / f"{name}.onnx-qdq.onnx")).graph.node)
+    assert (nbits["MatMulNBits"], nbits["DequantizeLinear"]) == (1, 1)  # the activation's DQ only
+    assert (qdq["MatMulNBits"], qdq["DequantizeLinear"]) == (0, 2)
 
 
 def test_nbits_end_to_end_equals_qdq(w4a4_export, qdq_export, w4a4_ckpt):
@@ -166,10 +178,14 @@ def test_nbits_end_to_end_equals_qdq(w4a4_export, qdq_export, w4a4_ckpt):
 # -- linears without a block size keep the QDQ form; block stitching ---------------------------------
 
 
+MIXED_TEXT_DIM = 512
+
+
 @pytest.fixture(scope="module")
 def mixed_ckpt(tmp_path_factory):
-    """4 blocks whose ffn.net.2 has K = 200 (no power-of-two block >= 16): those stay QDQ."""
-    cfg = {**TINY_WAN_CONFIG, "num_layers": 4, "ffn_dim": 200}
+    """4 blocks whose ffn.net.2 has K = 200 (no power-of-two block >= 16): those stay QDQ; the text
+    embedder's first linear has K = 512 (two blocks of 256, per-channel scales repeated)."""
+    cfg = {**TINY_WAN_CONFIG, "num_layers": 4, "ffn_dim": 200, "text_dim": MIXED_TEXT_DIM}
     q = ptq_quantize(build_wan(cfg, seed=5), QuantConfig.preset("w4a4"), progress=False)
     with torch.no_grad():
         for i, layer in enumerate(q.quant_linears().values()):
@@ -177,7 +193,7 @@ def mixed_ckpt(tmp_path_factory):
     return save_checkpoint(q, tmp_path_factory.mktemp("mixed") / "mixed.safetensors")
 
 
-def _stitched_and_direct(ckpt, tmp_path, spec):  # type: ignore[no-untyped-def]
+def _stitched_and_direct(ckpt, tmp_path, spec, text_dim=64):  # type: ignore[no-untyped-def]
     stitched = tmp_path / "stitched"
     fields = export_checkpoint(ckpt, stitched, target=spec)
     model, _ = load_quantized_model(ckpt)
@@ -187,7 +203,7 @@ def _stitched_and_direct(ckpt, tmp_path, spec):  # type: ignore[no-untyped-def]
     assert Counter(n.op_type for n in a.graph.node) == Counter(n.op_type for n in b.graph.node)
     names = {i.name for i in a.graph.initializer if i.name.startswith("model.")}
     assert names == {i.name for i in b.graph.initializer if i.name.startswith("model.")}
-    feed = _feed(2)
+    feed = _feed(2, text_dim)
     y_stitched, y_direct = _run(stitched / "model.onnx", feed), _run(direct, feed)
     np.testing.assert_array_equal(y_stitched, y_direct)
     y_torch = _torch(model, feed)
@@ -195,8 +211,8 @@ def _stitched_and_direct(ckpt, tmp_path, spec):  # type: ignore[no-untyped-def]
     return fields, a, model
 
 
-def test_mixed_forms_stitched_equals_direct_and_layers_match(mixed_ckpt, tmp_path, sample_inputs):
-    fields, graph, model = _stitched_and_direct(mixed_ckpt, tmp_path, "onnx")
+def test_mixed_forms_stitched_equals_direct_and_layers_match(mixed_ckpt, tmp_path):
+    fields, graph, model = _stitched_and_direct(mixed_ckpt, tmp_path, "onnx", MIXED_TEXT_DIM)
     assert fields["weight_form"] == "nbits" and fields["num_quantized_linears"] == 5 + 4 * 10 + 1
     ops = Counter(n.op_type for n in graph.graph.node)
     assert ops["MatMulNBits"] == fields["num_quant_nodes"] == 46 - 4
@@ -204,7 +220,11 @@ def test_mixed_forms_stitched_equals_direct_and_layers_match(mixed_ckpt, tmp_pat
     assert sorted(kept) == [f"model.transformer.blocks.{b}.ffn.net.2.codes_t_u4" for b in range(4)]
     # blocks 3.. are instantiated from the template: their MatMulNBits weights come from the file
     assert any(i.name == "model.transformer.blocks.3.attn1.to_q.nbits_b" for i in graph.graph.initializer)
-    results = check_layers(model, sample_inputs, tmp_path / "layers", Side.graph("onnx"), progress=False)
+    nbits = {n.input[1]: n for n in graph.graph.node if n.op_type == "MatMulNBits"}
+    k512 = nbits["model.transformer.condition_embedder.text_embedder.linear_1.nbits_b"]
+    assert {a.name: onnx.helper.get_attribute_value(a) for a in k512.attribute}["block_size"] == 256
+    inputs = _inputs(3, MIXED_TEXT_DIM)
+    results = check_layers(model, inputs, tmp_path / "layers", Side.graph("onnx"), progress=False)
     assert len(results) == 46 and all(r.passed and r.polygraphy_passed for r in results)
 
 
