@@ -205,6 +205,14 @@ def summarize(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
                     b: t_interval([by[m][s]["forced"][b] - by[best][s]["forced"][b] for s in paired]) for b in BRANCHES
                 }
                 entry["methods"][m]["vs_best_baseline"] = {"seeds": paired, **d}
+        for m in trained:  # METHOD:cfg against METHOD itself: the compute-matched objective comparison
+            plain = m.partition(":")[0]
+            if m.endswith(":cfg") and plain in by:
+                paired = sorted(set(by[m]) & set(by[plain]))
+                d = {
+                    b: t_interval([by[m][s]["forced"][b] - by[plain][s]["forced"][b] for s in paired]) for b in BRANCHES
+                }
+                entry["methods"][m]["vs_plain_objective"] = {"seeds": paired, **d}
         table[scheme] = entry
     return table
 
@@ -227,6 +235,20 @@ def markdown(table: dict[str, Any]) -> str:
                 hw = "n/a" if d["half_width"] is None else f"{d['half_width']:.4f}"
                 cells += [f"{d['mean']:+.4f} +- {hw}", {True: "yes", False: "no", None: "-"}[d["resolved"]]]
             cells.append(f"{e['step_time_s']:.2f}" if "step_time_s" in e else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+    cmp = [(sc, m, e.get("vs_plain_objective")) for sc, en in table.items() for m, e in en["methods"].items()]
+    cmp = [c for c in cmp if c[2]]
+    if cmp:
+        lines += [
+            "",
+            "| scheme | CFG-aware - plain objective | seeds | guided | cond | uncond |",
+            "|---|---|---|---|---|---|",
+        ]
+        for sc, m, d in cmp:
+            cells = [sc, m, str(len(d["seeds"]))]
+            for b in BRANCHES:
+                hw = "n/a" if d[b]["half_width"] is None else f"{d[b]['half_width']:.4f}"
+                cells.append(f"{d[b]['mean']:+.4f} +- {hw}")
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
