@@ -297,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--results", default=None, help="also write the table JSON here (e.g. benchmarks/results/...)")
     ap.add_argument("--merge-only", action="store_true", help="only merge the finished runs under --out")
+    ap.add_argument("--status", default=None, help="with --merge-only: the status line to record")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--part", default=None, help=argparse.SUPPRESS)  # internal: one scheme's process
     args = ap.parse_args(argv)
@@ -332,7 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge_only:
         saved = out / "settings.json"  # the run's own settings, not this merge command's
         settings = json.loads(saved.read_text()) if saved.is_file() else settings
-        return merge(out, settings, results, "partial: merged from the runs that finished (--merge-only)")
+        return merge(
+            out, settings, results, args.status or "partial: merged from the runs that finished (--merge-only)"
+        )
     if not any(a.startswith("--out") for a in (argv or sys.argv[1:])):
         shutil.rmtree(out, ignore_errors=True)  # the default folder starts fresh
     out.mkdir(parents=True, exist_ok=True)
