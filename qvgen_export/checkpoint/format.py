@@ -412,11 +412,27 @@ def _read_float(p: Path, tensors: Mapping[str, torch.Tensor], key: str) -> torch
 
 
 # Bytes read from a checkpoint between two unmaps of the file while a model is built.
-_RELEASE_BYTES = 64 << 20
+_RELEASE_BYTES = 16 << 20
 
-# Rows per chunk when dequantizing / re-deriving codes: bounds the float temporaries (~16 MiB)
-# whatever the layer width; the math is elementwise, so chunking changes no bit.
-_CHUNK_ELEMENTS = 1 << 22
+# Rows per chunk when dequantizing / re-deriving codes: bounds the float temporaries (about ten
+# of 4 MiB each) whatever the layer width; the math is elementwise, so chunking changes no bit.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the OS (glibc only; a no-op elsewhere).
+
+    glibc keeps freed layer-sized blocks in its heap (its mmap threshold grows with the sizes
+    freed), so a streaming reader or writer would otherwise end at its peak of temporaries.
+    """
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 def _materialise_layer(
@@ -520,8 +536,10 @@ def build_model(
     def read_some(nbytes: int) -> None:
         nonlocal mapped
         mapped += nbytes
-        if release is not None and mapped >= _RELEASE_BYTES:
-            release()
+        if mapped >= _RELEASE_BYTES:
+            if release is not None:
+                release()
+            trim_heap()
             mapped = 0
 
     with torch.no_grad():
@@ -537,6 +555,7 @@ def build_model(
             read_some(t.numel() * t.element_size())
         if release is not None:
             release()
+        trim_heap()
     left = meta_tensor_names(transformer)
     if left:
         raise CheckpointError(p, f"tensor '{left[0]}' was never loaded ({len(left)} tensors)")

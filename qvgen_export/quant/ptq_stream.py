@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from qvgen_export.checkpoint.format import DIGEST_KEY, checkpoint_metadata
+from qvgen_export.checkpoint.format import DIGEST_KEY, checkpoint_metadata, trim_heap
 from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig
@@ -27,18 +27,6 @@ from qvgen_export.quant.modules import quantizable_linears
 from qvgen_export.quant.packing import pack_codes, packed_shape
 from qvgen_export.quant.range_search import WEIGHT_RANGES, weight_ranges
 from qvgen_export.utils.atomic import atomic_file, ensure_writable_dir
-
-
-def _trim_heap() -> None:
-    """Return freed heap memory to the OS (glibc only; a no-op elsewhere)."""
-    import ctypes
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 def _unit(key: str) -> str:
@@ -166,7 +154,7 @@ def ptq_quantize_folder(
                 # The unit's shard pages stay mapped (and in RSS) until released, and glibc keeps
                 # freed layer-sized blocks in its heap unless trimmed: both would grow with depth.
                 folder.release()
-                _trim_heap()
+                trim_heap()
             writer.close()
         except BaseException:
             writer.abort()
