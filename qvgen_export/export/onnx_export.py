@@ -34,6 +34,8 @@ IR_VERSION = 10
 # single file means the whole ModelProto with every weight in memory, plus its serialised bytes
 # (2-3x the weights: 3.7 GiB for Wan 1.3B's 0.72 GB); external data is written tensor by tensor.
 EXTERNAL_DATA_THRESHOLD = 128 << 20
+# With external data, initializers of at most this many bytes stay inline in model.onnx.
+INLINE_BYTES = 256
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 
@@ -328,7 +330,14 @@ def save_model(ir_model: Any, out_dir: Path, check: bool = True, progress: bool 
         total = len(ir_model.graph.initializers)
         with tqdm(total=total, desc="saving weights", unit="tensor", disable=not progress, leave=False) as bar:
             # One writer: lazily materialised initializers (the block stitcher's) are produced in order.
-            ir.save(ir_model, onnx_path, external_data=DATA_FILE, max_workers=1, callback=lambda t, i: bar.update())
+            ir.save(
+                ir_model,
+                onnx_path,
+                external_data=DATA_FILE,
+                size_threshold_bytes=INLINE_BYTES,
+                max_workers=1,
+                callback=lambda t, i: bar.update(),
+            )
     else:
         ir.save(ir_model, onnx_path)
     if check:

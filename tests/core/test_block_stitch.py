@@ -11,6 +11,7 @@ import torch
 
 from qvgen_export import QuantConfig
 from qvgen_export.checkpoint import load_quantized_model, save_checkpoint
+from qvgen_export.checkpoint.format import read_info
 from qvgen_export.export.onnx_export import export_onnx
 from qvgen_export.export.pipeline import ORT_SESSION_CONFIG, export_checkpoint
 from qvgen_export.models.wan import TINY_WAN_CONFIG, build_wan
@@ -20,8 +21,8 @@ from qvgen_export.runtime.backends import ort_session
 
 @pytest.fixture(scope="module")
 def deep_ckpt(tmp_path_factory):
-    """4 blocks (the last instantiated from the template), every layer with its own clip tables."""
-    cfg = {**TINY_WAN_CONFIG, "num_layers": 4, "ffn_dim": 128}
+    """5 blocks (the last two instantiated from the template), every layer with its own clip tables."""
+    cfg = {**TINY_WAN_CONFIG, "num_layers": 5, "ffn_dim": 128}
     q = ptq_quantize(build_wan(cfg, seed=3), QuantConfig.preset("w4a4"), progress=False)
     with torch.no_grad():
         for i, layer in enumerate(q.quant_linears().values()):
@@ -35,9 +36,26 @@ def _run(path, target, feed):
 
 
 @pytest.mark.parametrize("target", ["onnx", "trt"])
-def test_stitched_export_equals_direct_export(deep_ckpt, tmp_path, target):
+def test_stitched_export_equals_direct_export(deep_ckpt, tmp_path, target, monkeypatch):
+    from qvgen_export.export import block_stitch, onnx_export
+
     stitched = tmp_path / "stitched"
-    export_checkpoint(deep_ckpt, stitched, target=target)
+    # Weights streamed to external data, the path real models take. Saving visits the blocks
+    # twice (external tensors, then the small inline ones), yet each instantiated layer is read
+    # from the file once.
+    reads = []
+    read_layer = block_stitch._read_layer
+    monkeypatch.setattr(
+        block_stitch, "_read_layer", lambda p, i, t, e: reads.append(e["name"]) or read_layer(p, i, t, e)
+    )
+    with monkeypatch.context() as m:
+        m.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+        export_checkpoint(deep_ckpt, stitched, target=target)
+    assert (stitched / "model.onnx.data").is_file()
+    names = [e["name"] for e in read_info(deep_ckpt)[0].layers]
+    instantiated = [n for n in names if n.startswith("blocks.") and int(n.split(".")[1]) >= 3]
+    assert sorted(reads) == sorted(instantiated) and instantiated
+    monkeypatch.setattr(block_stitch, "_read_layer", read_layer)
     model, _ = load_quantized_model(deep_ckpt)
     (tmp_path / "direct").mkdir()
     direct = export_onnx(model, tmp_path / "direct", target=target).onnx_path
@@ -46,7 +64,7 @@ def test_stitched_export_equals_direct_export(deep_ckpt, tmp_path, target):
     names_a = {i.name for i in a.graph.initializer if i.name.startswith("model.")}
     assert names_a == {i.name for i in b.graph.initializer if i.name.startswith("model.")}
     per_block = Counter(n.split(".")[3] for n in names_a if n.startswith("model.transformer.blocks."))
-    assert sorted(per_block) == ["0", "1", "2", "3"] and len(set(per_block.values())) == 1
+    assert sorted(per_block) == ["0", "1", "2", "3", "4"] and len(set(per_block.values())) == 1
     g = torch.Generator().manual_seed(0)
     x, t, e = torch.randn(2, 3, 4, 16, 16, generator=g), torch.tensor([900.0, 30.0]), torch.randn(2, 6, 64, generator=g)
     feed = {"hidden_states": x.numpy(), "timestep": t.numpy(), "encoder_hidden_states": e.numpy()}
