@@ -205,6 +205,16 @@ def summarize(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
                     b: t_interval([by[m][s]["forced"][b] - by[best][s]["forced"][b] for s in paired]) for b in BRANCHES
                 }
                 entry["methods"][m]["vs_best_baseline"] = {"seeds": paired, **d}
+        # Every pair too (JSON only), e.g. QVGen against each baseline, not only the best one.
+        entry["pairwise"] = {
+            f"{a} - {b}": {
+                "seeds": (ps := sorted(set(by[a]) & set(by[b]))),
+                **{br: t_interval([by[a][s]["forced"][br] - by[b][s]["forced"][br] for s in ps]) for br in BRANCHES},
+            }
+            for i, a in enumerate(trained)
+            for b in trained[i + 1 :]
+            if set(by[a]) & set(by[b])
+        }
         for m in trained:  # METHOD:cfg against METHOD itself: the compute-matched objective comparison
             plain = m.partition(":")[0]
             if m.endswith(":cfg") and plain in by:
