@@ -1,23 +1,32 @@
 """Real scale end to end: Wan 2.1 shapes through streaming PTQ, export and ONNX Runtime, vs plain torch.onnx.
 
-Usage (the runs committed under benchmarks/results/, on the 2-core machine):
-    python benchmarks/bench_scale.py --config 1.3b --out benchmarks/results/bench_scale_wan1_3b.json
-    python benchmarks/bench_scale.py --config 14b --blocks 4,8 --ranges minmax --no-torch-export --no-ort \\
-        --out benchmarks/results/bench_scale_wan14b_depth.json
-    python benchmarks/bench_scale.py --config 1.3b --blocks 4 --ranges minmax --no-torch-export --equivalence \\
-        --out benchmarks/results/bench_scale_wan1_3b_equivalence.json
+Usage (the runs committed under benchmarks/results/, on the 2-core machine; PYTHONPATH=.):
+    python benchmarks/bench_scale.py --config 1.3b --ranges minmax --out benchmarks/results/bench_scale_wan1_3b.json
+    python benchmarks/bench_scale.py --config 14b --blocks 4,8 --ranges minmax --targets onnx --no-torch-export \\
+        --no-ort --out benchmarks/results/bench_scale_wan14b_depth.json
+    python benchmarks/bench_scale.py --config 1.3b --blocks 2,4 --ranges minmax --no-torch-export --no-ort \\
+        --equivalence --out benchmarks/results/bench_scale_wan1_3b_equivalence.json
 
 For each depth a random bf16 diffusers folder with the real config is written
 (make_wan_folder.py), then every stage runs in its own process and reports its own wall time and
 peak RSS (``getrusage``), so one stage's memory never hides another's:
 - ``ptq``: ``ptq_quantize_folder`` (streaming, ``--ranges``; the full MSE search by default);
 - ``export_<target>``: ``qvgen_export.export.pipeline.export_checkpoint`` (3 traced blocks, the
-  rest instantiated block by block from the file, weights streamed to external data);
+  rest instantiated block by block from the file, weights streamed to external data), with its
+  ``weight_form`` and ``phases``: wall time, CPU time and peak RSS of each phase
+  (phase_profile.py; ``instantiate_blocks`` runs inside ``save``, ``trace`` and ``optimize``
+  after ``build_template``);
 - ``torch_export``: plain ``torch.onnx.export(dynamo=True)`` of the bf16 model loaded from the
   folder, with the same example inputs and dynamic axes as the qvgen export, saved with external
   data: the baseline of ``export_time_ratio``;
-- ``ort``: ONNX Runtime session on the qvgen onnx export: RSS growth of creating the session and
-  one forward at a small latent (1 frame of 16x16, 8 text tokens).
+- ``ort``: ONNX Runtime session on the qvgen onnx export (``weight_form``: the one it was
+  exported with): RSS growth of creating the session and one forward at a small latent (1 frame
+  of 16x16, 8 text tokens);
+- ``equivalence_<target>`` (``--equivalence``): the same checkpoint exported directly (whole
+  model traced) against the stitched export: op counts and ORT outputs. A model of at most 3
+  blocks is traced whole by both, so only depths >= 4 exercise the stitcher.
+With two or more depths, ``extrapolation`` puts each stage's peak RSS and time on the line through
+the smallest and largest depth and reads it at the config's real depth.
 Keys: ``size_ratio`` (W4A4 checkpoint bytes / bf16 safetensors bytes), ``export_time_ratio``
 (qvgen onnx export seconds / plain torch.onnx.export seconds), ``ort_memory_ratio`` (session RSS
 growth / ONNX files' bytes), and each stage's ``seconds`` and ``peak_rss_gib``.
@@ -46,6 +55,33 @@ def _rss_gib() -> float:
     return float("nan")
 
 
+def _export_profile() -> Any:
+    """Per-phase wall time, CPU time and peak RSS of the export (phase_profile.py)."""
+    import onnx
+    import onnx_ir
+    import torch
+
+    from qvgen_export.export import block_stitch, onnx_export, pipeline
+
+    sys.path.insert(0, str(HERE))
+    from phase_profile import PhaseProfile
+
+    profile = PhaseProfile()
+    for obj, attr, name in (
+        (block_stitch, "build_model", "build_template"),
+        (torch.onnx, "export", "trace"),
+        (onnx_export, "optimize_graph", "optimize"),
+        (block_stitch, "stitch_blocks", "stitch"),
+        (block_stitch._BlockTensors, "_read", "instantiate_blocks"),
+        (onnx_ir, "save", "save"),
+        (onnx.checker, "check_model", "check"),
+        (pipeline, "sha256_file", "hash_checkpoint"),
+        (pipeline, "write_manifest", "manifest"),
+    ):
+        profile.wrap(obj, attr, name)
+    return profile
+
+
 def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
     import torch
 
@@ -64,11 +100,14 @@ def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
 
         ptq_quantize_folder(args["folder"], args["ckpt"], QuantConfig.preset("w4a4"), args["ranges"])
     elif stage == "export":
-        from qvgen_export.export.pipeline import export_checkpoint
+        from qvgen_export.export import pipeline
 
-        fields = export_checkpoint(args["ckpt"], args["dir"], target=args["target"], overwrite=True)
+        profile = _export_profile()
+        fields = pipeline.export_checkpoint(args["ckpt"], args["dir"], target=args["target"], overwrite=True)
         out["nodes_quant"] = fields["num_quant_nodes"]
+        out["weight_form"] = fields.get("weight_form")
         out["onnx_bytes"] = sum(f.stat().st_size for f in Path(args["dir"]).glob("model.onnx*"))
+        out["phases"] = profile.report()
     elif stage == "torch_export":
         from qvgen_export.artifact.contract import INPUT_NAMES, OUTPUT_NAMES, axis_dims
         from qvgen_export.export.onnx_export import _Positional, _quiet_exporter, example_inputs
@@ -162,6 +201,27 @@ def _run(stage: str, **args: Any) -> dict[str, Any]:
     return r
 
 
+def _extrapolate(runs: dict[str, dict[str, Any]], depth: int) -> dict[str, Any]:
+    """Each stage's peak RSS and time at the real ``depth``, on the line through the smallest and
+    largest measured depths (per-block growth = the slope), plus the peak's relative change."""
+    lo, hi = min(runs, key=int), max(runs, key=int)
+    out: dict[str, Any] = {"depth": depth, "from_depths": [int(lo), int(hi)]}
+    for stage in [k for k, v in runs[hi].items() if isinstance(v, dict) and "peak_rss_gib" in v and k in runs[lo]]:
+        est: dict[str, float] = {}
+        for key in ("peak_rss_gib", "seconds"):
+            y0, y1 = runs[lo][stage][key], runs[hi][stage][key]
+            slope = (y1 - y0) / (int(hi) - int(lo))
+            est[f"{key}_per_block"] = slope
+            est[key] = y1 + slope * (depth - int(hi))
+        est["peak_rss_change"] = runs[hi][stage]["peak_rss_gib"] / runs[lo][stage]["peak_rss_gib"] - 1
+        out[stage] = est
+    for key, per in (("ckpt_bytes", "ckpt_bytes_per_block"), ("bf16_bytes", "bf16_bytes_per_block")):
+        slope = (runs[hi][key] - runs[lo][key]) / (int(hi) - int(lo))
+        out[per] = slope
+        out[key] = runs[hi][key] + slope * (depth - int(hi))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", help=argparse.SUPPRESS)
@@ -216,12 +276,16 @@ def main(argv: list[str] | None = None) -> int:
                 run["export_time_ratio"] = run["export_onnx"]["seconds"] / run["torch_export"]["seconds"]
         if not a.no_ort and "export_onnx" in run:
             run["ort"] = _run("ort", dir=a.work / f"{tag}_onnx", threads=a.threads)
+            # The onnx target's weight form the session ran (MatMulNBits or QDQ; manifest weight_form).
+            run["ort"]["weight_form"] = run["export_onnx"].get("weight_form")
             run["ort_memory_ratio"] = run["ort"]["session_rss_gib"] * 2**30 / run["export_onnx"]["onnx_bytes"]
         result["runs"][str(blocks)] = run
         for target in a.targets.split(","):
             shutil.rmtree(a.work / f"{tag}_{target}", ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
         ckpt.unlink(missing_ok=True)
+    if len(result["runs"]) >= 2:
+        result["extrapolation"] = _extrapolate(result["runs"], int(WAN_CONFIGS[a.config]["num_layers"]))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {a.out}")
