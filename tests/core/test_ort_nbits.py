@@ -211,8 +211,10 @@ def _stitched_and_direct(ckpt, tmp_path, spec, text_dim=64):  # type: ignore[no-
     return fields, a, model
 
 
-def test_mixed_forms_stitched_equals_direct_and_layers_match(mixed_ckpt, tmp_path):
-    fields, graph, model = _stitched_and_direct(mixed_ckpt, tmp_path, "onnx", MIXED_TEXT_DIM)
+def test_mixed_forms_stitched_equals_direct(mixed_ckpt, tmp_path):
+    """Per-layer parity of both forms is test_nbits_layers_match_pytorch_and_qdq's (and the demo's);
+    here the whole mixed graph, stitched and direct, against each other and PyTorch."""
+    fields, graph, _ = _stitched_and_direct(mixed_ckpt, tmp_path, "onnx", MIXED_TEXT_DIM)
     assert fields["weight_form"] == "nbits" and fields["num_quantized_linears"] == 5 + 4 * 10 + 1
     ops = Counter(n.op_type for n in graph.graph.node)
     assert ops["MatMulNBits"] == fields["num_quant_nodes"] == 46 - 4
@@ -223,9 +225,6 @@ def test_mixed_forms_stitched_equals_direct_and_layers_match(mixed_ckpt, tmp_pat
     nbits = {n.input[1]: n for n in graph.graph.node if n.op_type == "MatMulNBits"}
     k512 = nbits["model.transformer.condition_embedder.text_embedder.linear_1.nbits_b"]
     assert {a.name: onnx.helper.get_attribute_value(a) for a in k512.attribute}["block_size"] == 256
-    inputs = _inputs(3, MIXED_TEXT_DIM)
-    results = check_layers(model, inputs, tmp_path / "layers", Side.graph("onnx"), progress=False)
-    assert len(results) == 46 and all(r.passed and r.polygraphy_passed for r in results)
 
 
 def test_cli_weight_form(tmp_path, capsys, w4a4_ckpt, monkeypatch):
