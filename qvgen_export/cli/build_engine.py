@@ -15,7 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from qvgen_export.cli.common import HelpFormatter, cli_entry
-from qvgen_export.cli.export import add_engine_args
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """The engine options, shared with ``qvgen-export --target trt`` (which builds right after export)."""
+    g = p.add_argument_group("TensorRT engine")
+    g.add_argument(
+        "--plugin-library", type=Path, help="libqvgen_trt_plugin.so (default: $QVGEN_TRT_PLUGIN or build/native/lib)"
+    )
+    g.add_argument(
+        "--profile",
+        help="shape profile: 480p, 720p or tiny, and/or axis=min:opt:max overrides, e.g. '480p,batch=1:2:2' "
+        "(axes: batch, frames, height, width, text_len; latent sizes). Default: tiny for 3-channel models, else 480p",
+    )
+    g.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file to read and update")
+    g.add_argument("--workspace-gib", type=float, help="TensorRT workspace limit in GiB (default: TensorRT's)")
 
 
 def build_from_args(folder: Path, args: Any) -> dict[str, Any]:

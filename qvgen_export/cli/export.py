@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from qvgen_export.cli.build_engine import add_engine_args, build_from_args
 from qvgen_export.cli.common import EXIT_ENGINE_UNAVAILABLE, HelpFormatter, artifacts_dir, cli_entry
 from qvgen_export.targets import TARGETS, get_target
 
@@ -40,20 +41,6 @@ examples:
 exit codes: 0 done, 2 bad input (one line names the file and the problem),
 {EXIT_ENGINE_UNAVAILABLE} folder written but no engine built (TensorRT/GPU/plugin library missing).
 """
-
-
-def add_engine_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("TensorRT engine")
-    g.add_argument(
-        "--plugin-library", type=Path, help="libqvgen_trt_plugin.so (default: $QVGEN_TRT_PLUGIN or build/native/lib)"
-    )
-    g.add_argument(
-        "--profile",
-        help="shape profile: 480p, 720p or tiny, and/or axis=min:opt:max overrides, e.g. '480p,batch=1:2:2' "
-        "(axes: batch, frames, height, width, text_len; latent sizes). Default: tiny for 3-channel models, else 480p",
-    )
-    g.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file to read and update")
-    g.add_argument("--workspace-gib", type=float, help="TensorRT workspace limit in GiB (default: TensorRT's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     if target.name == "trt" and not args.no_engine:
-        from qvgen_export.cli.build_engine import build_from_args
-
         build_from_args(out, args)  # EngineUnavailableError -> one line, exit 3 (folder kept)
     print(out)
     return 0
