@@ -30,7 +30,6 @@ from qvgen_export.quant.modules import (
     QuantContext,
     QuantizedWan,
     QuantLinear,
-    _set_submodule,
     quantizable_linears,
 )
 from qvgen_export.quant.packing import pack_codes, packed_shape, unpack_codes
@@ -286,9 +285,9 @@ def read_info(path: str | Path, check_values: bool = True) -> tuple[CheckpointIn
     _validate_layout(p, info, tensors)
     if check_values:
         for entry in info.layers:
-            _read_layer(p, info, tensors, entry)
+            read_layer_tensors(p, info, tensors, entry)
         for key in float_tensor_keys(info, tensors):
-            _read_float(p, tensors, key)
+            read_float_tensor(p, tensors, key)
     return info, tensors
 
 
@@ -382,7 +381,7 @@ def _validate_layout(p: Path, info: CheckpointInfo, tensors: CheckpointTensors) 
         )
 
 
-def _read_layer(
+def read_layer_tensors(
     p: Path, info: CheckpointInfo, tensors: Mapping[str, torch.Tensor], entry: dict[str, Any]
 ) -> dict[str, torch.Tensor]:
     """Read one layer's tensors (once) and check their values; ``codes`` holds the unpacked codes
@@ -405,7 +404,7 @@ def _read_layer(
     return out
 
 
-def _read_float(p: Path, tensors: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+def read_float_tensor(p: Path, tensors: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
     t = tensors[key]
     _check_finite(p, key, t)
     return t
@@ -544,13 +543,13 @@ def build_model(
 
     with torch.no_grad():
         for entry in info.layers:
-            parts = _read_layer(p, info, tensors, entry)
+            parts = read_layer_tensors(p, info, tensors, entry)
             layer = _materialise_layer(p, entry["name"], parts, cfg, ctx, latent_weights)
-            _set_submodule(transformer, entry["name"], layer)
+            transformer.set_submodule(entry["name"], layer)
             read_some(sum(t.numel() * t.element_size() for k, t in parts.items() if k != "codes"))
             del parts
         for key in float_keys:
-            t = _read_float(p, tensors, key)
+            t = read_float_tensor(p, tensors, key)
             assign_tensor(transformer, key, t)
             read_some(t.numel() * t.element_size())
         if release is not None:

@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 from qvgen_export.checkpoint.format import (
     CheckpointInfo,
     CheckpointTensors,
-    _read_float,
-    _read_layer,
     build_model,
+    read_float_tensor,
+    read_layer_tensors,
 )
 from qvgen_export.export.onnx_export import INLINE_BYTES, ExportResult, result_of, save_model, trace_model
 from qvgen_export.quant.config import QuantConfig
@@ -144,13 +144,13 @@ class _BlockTensors:
 
                     return getattr(form, attr.removesuffix("_u4")).numpy().astype(ml_dtypes.uint4)
                 return getattr(form, attr).detach().numpy()
-        t = _read_float(p, self.tensors, f"blocks.{block}.{rest}")
+        t = read_float_tensor(p, self.tensors, f"blocks.{block}.{rest}")
         return t.float().numpy()
 
     def _form(self, name: str) -> Any:
         key = ("form", name)
         if key not in self.cache:
-            parts = _read_layer(Path(self.info.path), self.info, self.tensors, self.layers[name])
+            parts = read_layer_tensors(Path(self.info.path), self.info, self.tensors, self.layers[name])
             form = self.layer_form(_packed_layer(parts, self.info.quant_config))
             _, block, layer = name.split(".", 2)
             for attr, t in (*form.named_parameters(), *form.named_buffers()):
@@ -161,7 +161,7 @@ class _BlockTensors:
 
 
 def _packed_layer(parts: dict[str, torch.Tensor], cfg: QuantConfig) -> PackedQuantLinear:
-    """The packed linear of one layer's file tensors (``_read_layer``: hashed, values checked).
+    """The packed linear of one layer's file tensors (``read_layer_tensors``: hashed, values checked).
 
     Not ``_materialise_layer``: its dequantize-requantize round trip guards the latent-weight
     form (training), while every export form reads the stored codes, scales and zero points as
@@ -171,7 +171,7 @@ def _packed_layer(parts: dict[str, torch.Tensor], cfg: QuantConfig) -> PackedQua
     with params_on_meta():
         layer = PackedQuantLinear(k, n, "bias" in parts, cfg, QuantContext())
     layer.qweight = parts["qweight"]
-    # The export forms read ``codes()``: hand them the codes _read_layer already unpacked from
+    # The export forms read ``codes()``: hand them the codes read_layer_tensors already unpacked from
     # this qweight instead of unpacking them a second time (a third of a block's time).
     codes = parts["codes"]
     layer.codes = lambda: codes  # type: ignore[method-assign]

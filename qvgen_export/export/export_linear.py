@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qvgen_export.export.ops import quant_linear
+from qvgen_export.export.quant_linear_op import quant_linear
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig
-from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear, _set_submodule
+from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear
 
 
 class ExportQuantLinear(nn.Module):
@@ -57,7 +57,7 @@ class ExportQuantLinear(nn.Module):
 def to_export_form(model: QuantizedWan) -> QuantizedWan:
     """Replace every ``QuantLinear`` of ``model`` (in place) by its frozen export form."""
     for name, layer in list(model.quant_linears().items()):
-        _set_submodule(model.transformer, name, ExportQuantLinear(layer))
+        model.transformer.set_submodule(name, ExportQuantLinear(layer))
     return model.eval()
 
 

@@ -37,10 +37,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from qvgen_export.export.modules import ExportQuantLinear
+from qvgen_export.export.export_linear import ExportQuantLinear
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig, WeightGranularity
-from qvgen_export.quant.modules import QuantizedWan, QuantLinear, _set_submodule
+from qvgen_export.quant.modules import QuantizedWan, QuantLinear
 from qvgen_export.quant.packing import container_bits, pack_codes, unpack_codes
 
 OP = "qvgen::quant_linear_nbits"
@@ -154,7 +154,7 @@ def layer_form(src: QuantLinear) -> nn.Module:
 def to_export_form(model: QuantizedWan) -> QuantizedWan:
     """Replace every ``QuantLinear`` of ``model`` (in place) by its ``nbits`` export form."""
     for name, layer in list(model.quant_linears().items()):
-        _set_submodule(model.transformer, name, layer_form(layer))
+        model.transformer.set_submodule(name, layer_form(layer))
     return model.eval()
 
 

@@ -215,7 +215,7 @@ def _shape_list(value: Any) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """Silence the exporter's and optimiser's chatter (missing torchvision ops, skipped folds)."""
     names = ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir")
     loggers = [logging.getLogger(n) for n in names]
@@ -275,7 +275,7 @@ def optimize_graph(ir_model: Any) -> None:
         common_passes.OutputFixPass(),
         common_passes.NameFixPass(),
     )
-    with _quiet_exporter():
+    with quiet_exporter():
         passes(ir_model)
 
 
@@ -294,7 +294,7 @@ def trace_model(model: nn.Module, target: str = "onnx", inplace: bool = False) -
         if target != "float":
             raise ValueError(f"target {target!r} needs a quantized model")
         exported, config = model, model.config
-    with _quiet_exporter():
+    with quiet_exporter():
         program = torch.onnx.export(
             _Positional(exported).eval(),
             example_inputs(config),

@@ -94,6 +94,6 @@ def check_config(config: object) -> None:
 def translation_table() -> dict[object, object]:
     import torch
 
-    import qvgen_export.export.ops  # noqa: F401  (registers torch.ops.qvgen.quant_linear)
+    import qvgen_export.export.quant_linear_op  # noqa: F401  (registers torch.ops.qvgen.quant_linear)
 
     return {torch.ops.qvgen.quant_linear.default: quant_linear_qdq}

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from qvgen_export.export.onnx_export import IR_VERSION, OPSET, _quiet_exporter
+from qvgen_export.export.onnx_export import IR_VERSION, OPSET, quiet_exporter
 from qvgen_export.parity.sides import PYTORCH, Side, ort_runner, torch_runner, trt_runner
 from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear
 from qvgen_export.targets import get_target
@@ -88,7 +88,7 @@ def export_layer(harness: _LayerHarness, x: torch.Tensor, group: torch.Tensor, t
     """ONNX (onnx_ir model) of one layer through ``target``'s lowering, as the full model gets it."""
     spec = get_target(target)
     dims = {i: torch.export.Dim.AUTO for i in range(x.dim() - 1)}
-    with _quiet_exporter():
+    with quiet_exporter():
         prog = torch.onnx.export(
             harness,
             (x, group),

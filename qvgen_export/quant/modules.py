@@ -266,12 +266,6 @@ def _install_group_hook(transformer: nn.Module, ctx: QuantContext, config: Quant
     transformer.register_forward_hook(hook.post, with_kwargs=True, always_call=True)
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
-
-
 def quantizable_linears(model: nn.Module, config: QuantConfig) -> list[str]:
     """Names of the ``nn.Linear`` modules of ``model`` that ``config`` selects, in module order."""
     return [n for n, m in model.named_modules() if type(m) is nn.Linear and config.selects(n)]
@@ -297,7 +291,7 @@ class QuantizedWan(nn.Module):
         for name in names:
             lin = transformer.get_submodule(name)
             assert isinstance(lin, nn.Linear)
-            _set_submodule(transformer, name, QuantLinear.from_linear(lin, config, ctx, init=init))
+            transformer.set_submodule(name, QuantLinear.from_linear(lin, config, ctx, init=init))
         return cls(transformer, config, ctx)
 
     # -- what diffusers' pipelines read from a transformer (ModelMixin's surface) -------------

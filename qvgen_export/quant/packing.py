@@ -55,7 +55,7 @@ def unpack_codes(packed: torch.Tensor, k: int, bits: int) -> torch.Tensor:
     if container_bits(bits) == 8:
         return packed[:, :k].contiguous()
     n = packed.shape[0]
-    out = torch.empty(n, packed.shape[1] * 2, dtype=torch.uint8)
+    out = torch.empty(n, packed.shape[1] * 2, dtype=torch.uint8, device=packed.device)
     out[:, 0::2] = packed & 0x0F
     out[:, 1::2] = packed >> 4
     return out[:, :k].contiguous()

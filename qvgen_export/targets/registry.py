@@ -77,8 +77,8 @@ TARGETS: dict[str, Target] = {
             summary="ONNX opset 21 for ONNX Runtime: per-token dynamic activation QuantizeLinear/DequantizeLinear; "
             "weights as 4-bit MatMulNBits (weight form 'nbits', the default: weights stay packed in memory) or as "
             "INT4 initializers feeding DequantizeLinear (weight form 'qdq': standard ONNX only)",
-            export_form="qvgen_export.export.modules:to_export_form",
-            layer_form="qvgen_export.export.modules:ExportQuantLinear",
+            export_form="qvgen_export.export.export_linear:to_export_form",
+            layer_form="qvgen_export.export.export_linear:ExportQuantLinear",
             translation="qvgen_export.export.qdq_lowering:translation_table",
             check_config="qvgen_export.export.qdq_lowering:check_config",
             quant_node="QuantizeLinear",

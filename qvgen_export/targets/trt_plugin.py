@@ -22,7 +22,7 @@ from torch import nn
 
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig, WeightGranularity
-from qvgen_export.quant.modules import QuantizedWan, QuantLinear, _set_submodule
+from qvgen_export.quant.modules import QuantizedWan, QuantLinear
 from qvgen_export.quant.packing import code_sums, kernel_words, pack_codes, to_kernel_layout, unpack_codes
 from qvgen_export.targets.plugin_contract import load_contract
 
@@ -136,7 +136,7 @@ def to_plugin_form(model: QuantizedWan) -> QuantizedWan:
     """Replace every ``QuantLinear`` of ``model`` (in place) by its :class:`PluginLinear`."""
     check_config(model.qconfig)
     for name, layer in list(model.quant_linears().items()):
-        _set_submodule(model.transformer, name, PluginLinear(layer))
+        model.transformer.set_submodule(name, PluginLinear(layer))
     return model.eval()
 
 

@@ -44,9 +44,9 @@ def test_stitched_export_equals_direct_export(deep_ckpt, tmp_path, target, monke
     # twice (external tensors, then the small inline ones), yet each instantiated layer is read
     # from the file once.
     reads = []
-    read_layer = block_stitch._read_layer
+    read_layer = block_stitch.read_layer_tensors
     monkeypatch.setattr(
-        block_stitch, "_read_layer", lambda p, i, t, e: reads.append(e["name"]) or read_layer(p, i, t, e)
+        block_stitch, "read_layer_tensors", lambda p, i, t, e: reads.append(e["name"]) or read_layer(p, i, t, e)
     )
     with monkeypatch.context() as m:
         m.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
@@ -55,7 +55,7 @@ def test_stitched_export_equals_direct_export(deep_ckpt, tmp_path, target, monke
     names = [e["name"] for e in read_info(deep_ckpt)[0].layers]
     instantiated = [n for n in names if n.startswith("blocks.") and int(n.split(".")[1]) >= 3]
     assert sorted(reads) == sorted(instantiated) and instantiated
-    monkeypatch.setattr(block_stitch, "_read_layer", read_layer)
+    monkeypatch.setattr(block_stitch, "read_layer_tensors", read_layer)
     model, _ = load_quantized_model(deep_ckpt)
     (tmp_path / "direct").mkdir()
     direct = export_onnx(model, tmp_path / "direct", target=target).onnx_path
