@@ -48,7 +48,7 @@ def test_packed_model_holds_the_checkpoint_not_float_weights(w4a4_ckpt):
 
 
 def test_consumers_of_a_loaded_model_see_the_same_layers(w4a4_ckpt, sample_inputs):
-    from qvgen_export.export.modules import ExportQuantLinear
+    from qvgen_export.export.export_linear import ExportQuantLinear
     from qvgen_export.runtime.torch_int4 import Int4Linear
 
     packed, _ = load_quantized_model(w4a4_ckpt)
