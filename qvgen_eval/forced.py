@@ -29,35 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from qvgen_eval.harness import relative_error
-from qvgen_export.runtime.sampler import sample_video
+from qvgen_eval.harness import SamplingSettings, relative_error
+from qvgen_export.runtime.sampler import DenoiseFn, sample_video
 
-Denoiser = Callable[..., Any]
 TextEncode = Callable[[list[str]], torch.Tensor]
 BRANCHES = ("cond", "uncond", "guided")
 
 
-@dataclasses.dataclass(frozen=True)
-class ForcedSettings:
-    """Which trajectories: prompts x noise seeds, sampled with ``num_steps`` steps."""
-
-    prompts: tuple[str, ...]
-    seeds: tuple[int, ...] = (0, 1)
-    num_steps: int = 20
-    guidance_scale: float = 4.0
-    scheduler: str = "unipc"
-    shift: float = 3.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "prompts", tuple(self.prompts))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        if not self.prompts or not self.seeds:
-            raise ValueError("ForcedSettings needs at least one prompt and one seed")
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+# The teacher-forced metric samples like the harness does (any prompts, no ground truth needed).
+ForcedSettings = SamplingSettings
 
 
 @dataclasses.dataclass
@@ -81,7 +61,7 @@ def guided(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.
     return v_cond if scale <= 1.0 else v_uncond + scale * (v_cond - v_uncond)
 
 
-def _call(model: Denoiser, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def _call(model: DenoiseFn, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return model(x, t, c, return_dict=False)[0].float()
 
 
@@ -90,7 +70,7 @@ class _Recorder:
     and records them; the sampler's unconditional call (same latents) gets the cached output, so
     every step costs two reference calls, with or without CFG in the sampler."""
 
-    def __init__(self, model: Denoiser, cond: torch.Tensor, uncond: torch.Tensor) -> None:
+    def __init__(self, model: DenoiseFn, cond: torch.Tensor, uncond: torch.Tensor) -> None:
         self.model, self.cond, self.uncond = model, cond, uncond
         self.steps: list[Step] = []
 
@@ -107,7 +87,7 @@ class _Recorder:
 
 @torch.no_grad()
 def reference_trajectory(
-    reference: Denoiser,
+    reference: DenoiseFn,
     text_encode: TextEncode,
     latent_shape: tuple[int, int, int, int],
     settings: ForcedSettings,
@@ -135,7 +115,7 @@ def reference_trajectory(
 
 
 @torch.no_grad()
-def forced_errors(model: Denoiser, ref: ReferenceTrajectory) -> dict[str, Any]:
+def forced_errors(model: DenoiseFn, ref: ReferenceTrajectory) -> dict[str, Any]:
     """Relative errors of ``model`` along ``ref``: ``{"cond", "uncond", "guided"}`` (means over
     seeds and steps), ``per_seed`` (``{seed: {branch: mean over steps}}``) and ``per_step``
     (``[{"timestep", branch: mean over seeds}]``)."""
@@ -160,8 +140,8 @@ def forced_errors(model: Denoiser, ref: ReferenceTrajectory) -> dict[str, Any]:
 
 
 def compare_forced(
-    models: dict[str, Denoiser],
-    reference: Denoiser,
+    models: dict[str, DenoiseFn],
+    reference: DenoiseFn,
     text_encode: TextEncode,
     latent_shape: tuple[int, int, int, int],
     settings: ForcedSettings,

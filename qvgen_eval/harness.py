@@ -55,8 +55,8 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSettings:
-    """What is sampled: prompts x seeds, and how."""
+class SamplingSettings:
+    """What is sampled: prompts x noise seeds, and how (any prompts)."""
 
     prompts: tuple[str, ...] = DEFAULT_PROMPTS
     seeds: tuple[int, ...] = (0, 1)
@@ -69,17 +69,25 @@ class EvalSettings:
         object.__setattr__(self, "prompts", tuple(self.prompts))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if not self.prompts:
-            raise ValueError("EvalSettings.prompts is empty")
-        for p in self.prompts:
-            if not parse_prompt(p):
-                raise ValueError(f"evaluation prompt {p!r} names no object; metrics need a ground truth")
+            raise ValueError(f"{type(self).__name__}.prompts is empty")
         if not self.seeds:
-            raise ValueError("EvalSettings.seeds is empty")
+            raise ValueError(f"{type(self).__name__}.seeds is empty")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings(SamplingSettings):
+    """Sampling settings whose prompts each name an object (the metrics need a ground truth)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for p in self.prompts:
+            if not parse_prompt(p):
+                raise ValueError(f"evaluation prompt {p!r} names no object; metrics need a ground truth")
 
 
 class _Tee:
