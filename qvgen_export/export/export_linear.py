@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -11,7 +13,34 @@ from qvgen_export.quant.config import QuantConfig
 from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear
 
 
-class ExportQuantLinear(nn.Module):
+class FrozenQuantLinear(nn.Module):
+    """What every export form of a quantized linear shares: the activation clip factor tables
+    (tables, not logits: the graph then only gathers; see ``functional.clip_tables``), the
+    model's timestep context, and the lookup of the current group's factors."""
+
+    def _freeze_activation(self, src: QuantLinear) -> None:
+        lo_t, hi_t = QF.clip_tables(
+            src.clip_lower.detach().float(), src.clip_upper.detach().float(), src.config.act_clip_base
+        )
+        self.register_buffer("clip_lo_table", lo_t.contiguous())
+        self.register_buffer("clip_hi_table", hi_t.contiguous())
+        object.__setattr__(self, "ctx", src.ctx)  # shared with the model, not a submodule
+
+    def clip_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        group = self.ctx.group
+        if group is None:
+            raise RuntimeError(f"{type(self).__name__} called without a timestep group")
+        return self.clip_lo_table[group], self.clip_hi_table[group]
+
+
+def replace_quant_linears(model: QuantizedWan, form: Callable[[QuantLinear], nn.Module]) -> QuantizedWan:
+    """Replace every ``QuantLinear`` of ``model`` (in place) by ``form(layer)``; eval mode."""
+    for name, layer in list(model.quant_linears().items()):
+        model.transformer.set_submodule(name, form(layer))
+    return model.eval()
+
+
+class ExportQuantLinear(FrozenQuantLinear):
     """Frozen quantized linear holding the codes exactly as the export writes them."""
 
     def __init__(self, src: QuantLinear) -> None:
@@ -25,20 +54,11 @@ class ExportQuantLinear(nn.Module):
             # A frozen Parameter, not a buffer: diffusers reads next(module.parameters()).dtype.
             self.w_scale_t = nn.Parameter(src.w_scale.detach().float().t().contiguous(), requires_grad=False)  # [G, N]
             self.register_buffer("w_zs_t", (src.w_zero * src.w_scale).detach().float().t().contiguous())
-            # Factor tables, not logits: the graph then only gathers (see functional.clip_tables).
-            lo_t, hi_t = QF.clip_tables(
-                src.clip_lower.detach().float(), src.clip_upper.detach().float(), cfg.act_clip_base
-            )
-            self.register_buffer("clip_lo_table", lo_t.contiguous())
-            self.register_buffer("clip_hi_table", hi_t.contiguous())
+            self._freeze_activation(src)
             self.register_buffer("bias", None if src.bias is None else src.bias.detach().float().clone())
-        object.__setattr__(self, "ctx", src.ctx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        group = self.ctx.group
-        if group is None:
-            raise RuntimeError("ExportQuantLinear called without a timestep group")
-        lo, hi = self.clip_lo_table[group], self.clip_hi_table[group]
+        lo, hi = self.clip_factors()
         shape = (-1,) + (1,) * (x.dim() - 1)  # per-sample factor against [B, ..., K]
         return quant_linear(
             x,
@@ -56,9 +76,7 @@ class ExportQuantLinear(nn.Module):
 
 def to_export_form(model: QuantizedWan) -> QuantizedWan:
     """Replace every ``QuantLinear`` of ``model`` (in place) by its frozen export form."""
-    for name, layer in list(model.quant_linears().items()):
-        model.transformer.set_submodule(name, ExportQuantLinear(layer))
-    return model.eval()
+    return replace_quant_linears(model, ExportQuantLinear)
 
 
-__all__ = ["ExportQuantLinear", "QuantContext", "to_export_form"]
+__all__ = ["ExportQuantLinear", "FrozenQuantLinear", "QuantContext", "replace_quant_linears", "to_export_form"]

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qvgen_export.export.export_linear import ExportQuantLinear
+from qvgen_export.export.export_linear import ExportQuantLinear, FrozenQuantLinear, replace_quant_linears
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig, WeightGranularity
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear
@@ -95,7 +95,7 @@ def _(x, clip_lo, clip_hi, b, scales, zero_points, bias, a_bits, in_features, ou
     return x.new_empty((*x.shape[:-1], out_features))
 
 
-class NbitsQuantLinear(nn.Module):
+class NbitsQuantLinear(FrozenQuantLinear):
     """Frozen export form holding exactly the MatMulNBits inputs of one quantized linear.
 
     Buffers: ``nbits_b [N, K/bs, bs/2]`` uint8, ``nbits_scales``/``nbits_zero_points``
@@ -116,19 +116,11 @@ class NbitsQuantLinear(nn.Module):
             # A frozen Parameter, not a buffer: diffusers reads next(module.parameters()).dtype.
             self.nbits_scales = nn.Parameter(s.reshape(-1).contiguous(), requires_grad=False)
             self.register_buffer("nbits_zero_points", z.reshape(-1).contiguous())
-            lo_t, hi_t = QF.clip_tables(
-                src.clip_lower.detach().float(), src.clip_upper.detach().float(), cfg.act_clip_base
-            )
-            self.register_buffer("clip_lo_table", lo_t.contiguous())
-            self.register_buffer("clip_hi_table", hi_t.contiguous())
+            self._freeze_activation(src)
             self.register_buffer("bias", None if src.bias is None else src.bias.detach().float().clone())
-        object.__setattr__(self, "ctx", src.ctx)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        group = self.ctx.group
-        if group is None:
-            raise RuntimeError("NbitsQuantLinear called without a timestep group")
-        lo, hi = self.clip_lo_table[group], self.clip_hi_table[group]
+        lo, hi = self.clip_factors()
         shape = (-1,) + (1,) * (x.dim() - 1)  # per-sample factor against [B, ..., K]
         return quant_linear_nbits(
             x,
@@ -153,9 +145,7 @@ def layer_form(src: QuantLinear) -> nn.Module:
 
 def to_export_form(model: QuantizedWan) -> QuantizedWan:
     """Replace every ``QuantLinear`` of ``model`` (in place) by its ``nbits`` export form."""
-    for name, layer in list(model.quant_linears().items()):
-        model.transformer.set_submodule(name, layer_form(layer))
-    return model.eval()
+    return replace_quant_linears(model, layer_form)
 
 
 def _register_schema() -> None:

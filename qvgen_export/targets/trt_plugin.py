@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qvgen_export.export.export_linear import FrozenQuantLinear, replace_quant_linears
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig, WeightGranularity
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear
@@ -81,7 +82,7 @@ def _(x, clip_lo, clip_hi, qweight, w_scale, w_zero, w_sum, bias, in_features, o
     return x.new_empty((*x.shape[:-1], out_features))
 
 
-class PluginLinear(nn.Module):
+class PluginLinear(FrozenQuantLinear):
     """Frozen export form of a ``QuantLinear`` holding exactly the plugin node's constant inputs.
 
     Buffers: ``qweight [N, LDW]`` int32 (kernel-layout rows, ``quant/packing.py``), ``w_scale``,
@@ -105,21 +106,14 @@ class PluginLinear(nn.Module):
             self.register_buffer("w_sum", code_sums(codes))
             bias = src.bias.detach().float() if src.bias is not None else torch.zeros(src.out_features)
             self.register_buffer("bias", bias.contiguous().clone())
-            lo_t, hi_t = QF.clip_tables(
-                src.clip_lower.detach().float(), src.clip_upper.detach().float(), cfg.act_clip_base
-            )
-            self.register_buffer("clip_lo_table", lo_t.contiguous())
-            self.register_buffer("clip_hi_table", hi_t.contiguous())
-        object.__setattr__(self, "ctx", src.ctx)
+            self._freeze_activation(src)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        group = self.ctx.group
-        if group is None:
-            raise RuntimeError("PluginLinear called without a timestep group")
+        lo, hi = self.clip_factors()
         return w4a4_plugin_linear(
             x,
-            self.clip_lo_table[group],
-            self.clip_hi_table[group],
+            lo,
+            hi,
             self.qweight,
             self.w_scale,
             self.w_zero,
@@ -135,9 +129,7 @@ class PluginLinear(nn.Module):
 def to_plugin_form(model: QuantizedWan) -> QuantizedWan:
     """Replace every ``QuantLinear`` of ``model`` (in place) by its :class:`PluginLinear`."""
     check_config(model.qconfig)
-    for name, layer in list(model.quant_linears().items()):
-        model.transformer.set_submodule(name, PluginLinear(layer))
-    return model.eval()
+    return replace_quant_linears(model, PluginLinear)
 
 
 def _register_schema() -> None:
