@@ -110,7 +110,7 @@ def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
         out["phases"] = profile.report()
     elif stage == "torch_export":
         from qvgen_export.artifact.contract import INPUT_NAMES, OUTPUT_NAMES, axis_dims
-        from qvgen_export.export.onnx_export import _Positional, _quiet_exporter, example_inputs
+        from qvgen_export.export.onnx_export import _Positional, example_inputs, quiet_exporter
         from qvgen_export.models.wan import load_diffusers_transformer
 
         # The whole model in bf16 (diffusers keeps some modules float32 on load; a plain export of a
@@ -119,7 +119,7 @@ def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
         t_load = time.perf_counter() - t0
         inputs = tuple(t.to(torch.bfloat16) if t.is_floating_point() else t for t in example_inputs(model.config))
         t1 = time.perf_counter()
-        with _quiet_exporter(), torch.no_grad():
+        with quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(
                 _Positional(model),
                 inputs,
