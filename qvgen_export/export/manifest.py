@@ -9,6 +9,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from qvgen_export.utils.json_files import read_json_object
+
 MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 _TOOLS = ("qvgen-export", "torch", "diffusers", "onnx", "onnxscript", "onnx-ir", "safetensors")
@@ -63,14 +65,7 @@ def verify_manifest(folder: str | Path) -> dict[str, Any]:
     mpath = folder / MANIFEST_FILE
     if not mpath.is_file():
         raise ValueError(f"{folder}: no {MANIFEST_FILE} (not a complete qvgen-export folder)")
-    try:
-        doc = json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{mpath}: not valid JSON ({e.msg})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{mpath}: not valid JSON (not UTF-8 text)") from None
-    if not isinstance(doc, dict):
-        raise ValueError(f"{mpath}: not a manifest (a JSON {type(doc).__name__}, expected an object)")  # noqa: TRY004 (bad file content, not a caller bug)
+    doc = read_json_object(mpath, "a manifest")
     for key, kind in REQUIRED_FIELDS.items():
         if not isinstance(doc.get(key), kind):
             what = "missing" if key not in doc else f"a {type(doc[key]).__name__}, expected a {kind.__name__}"

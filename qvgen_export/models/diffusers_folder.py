@@ -8,12 +8,12 @@ it. Every problem is one :class:`DiffusersFolderError` line naming the file.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from qvgen_export.utils.json_files import JsonFileError, read_json_object
 from qvgen_export.utils.lazy_safetensors import LazySafetensors, UnreadableFile
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -38,11 +38,9 @@ class DiffusersFolder:
             raise DiffusersFileNotFound(f"{path}: no diffusers config.json (expected a WanTransformer3DModel folder)")
         self.path = p
         try:
-            self.config: dict[str, Any] = json.loads((p / "config.json").read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DiffusersFolderError(f"{p / 'config.json'}: not valid JSON ({e})") from None
-        if not isinstance(self.config, dict):
-            raise DiffusersFolderError(f"{p / 'config.json'}: must hold a JSON object")
+            self.config: dict[str, Any] = read_json_object(p / "config.json", "a model config")
+        except JsonFileError as e:
+            raise DiffusersFolderError(str(e)) from None
         self._files: dict[str, LazySafetensors] = {}
         self._where: dict[str, str] = {}  # tensor name -> file name
         self._locate_weights()
@@ -85,9 +83,9 @@ class DiffusersFolder:
 
     def _read_index(self, index: Path) -> None:
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise DiffusersFolderError(f"{index}: not a safetensors index with a weight_map ({e})") from None
+            weight_map = read_json_object(index, "a safetensors index").get("weight_map")
+        except JsonFileError as e:
+            raise DiffusersFolderError(str(e)) from None
         if not isinstance(weight_map, dict) or not weight_map:
             raise DiffusersFolderError(f"{index}: weight_map must be a non-empty object")
         for shard in sorted(set(weight_map.values())):

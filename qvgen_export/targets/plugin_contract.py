@@ -8,10 +8,11 @@ same file (plugins/trt); tests compare both against it.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from qvgen_export.utils.json_files import read_json_object
 
 CONTRACT_FILE = Path(__file__).with_name("trt_plugin.json")
 
@@ -70,7 +71,7 @@ class PluginContract:
 
 @functools.cache
 def load_contract(path: Path = CONTRACT_FILE) -> PluginContract:
-    doc = json.loads(Path(path).read_text())
+    doc = read_json_object(path, "a plugin contract")
     fields = tuple(
         Field(
             f["name"],

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from qvgen_export.artifact.contract import ShapeProfile, parse_profile
-from qvgen_export.export.manifest import sha256_file, verify_manifest
+from qvgen_export.export.manifest import MANIFEST_FILE, sha256_file, verify_manifest
 from qvgen_export.targets.plugin_contract import load_contract
 from qvgen_export.targets.registry import EngineUnavailableError
 from qvgen_export.utils.atomic import atomic_file
+from qvgen_export.utils.json_files import read_json_object
 
 ENGINE_FILE = "model.plan"
 ENGINE_MANIFEST = "engine.json"
@@ -166,12 +167,7 @@ def read_engine_record(folder: str | Path) -> dict[str, Any]:
     path = folder / ENGINE_MANIFEST
     if not path.is_file():
         raise ValueError(f"{folder}: no TensorRT engine ({ENGINE_MANIFEST} missing); build one with qvgen-build-engine")
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid engine record ({type(e).__name__})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{path}: not a valid engine record (a JSON {type(record).__name__}, expected an object)")  # noqa: TRY004 (bad file content, not a caller bug)
+    record = read_json_object(path, "an engine record")
     if record.get("format", ENGINE_FORMAT) != ENGINE_FORMAT:
         raise ValueError(f"{path}: not a qvgen-export engine record (format {record.get('format')!r})")
     name, expected = record.get("engine_file"), record.get("engine_sha256")
@@ -183,9 +179,9 @@ def read_engine_record(folder: str | Path) -> dict[str, Any]:
     if not engine.is_file() or sha256_file(engine) != expected:
         raise ValueError(f"{engine}: missing or does not match {ENGINE_MANIFEST} (file changed or corrupted)")
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = read_json_object(folder / MANIFEST_FILE)
         source = manifest["files"][manifest["model_file"]]["sha256"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         source = None  # the folder's own check (verify_manifest) names that problem
     if source is not None and record.get("source_model_sha256") != source:
         raise ValueError(f"{path}: engine was built from another model file (source_model_sha256 differs); rebuild it")

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from qvgen_export.utils.json_files import JsonFileError, read_json_object
+
 FORMAT = "qvgen-latent-cache"
 FORMAT_VERSION = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -134,10 +136,10 @@ class LatentCache:
         if not ip.is_file():
             raise CacheError(f"{self.dir}: not a latent cache (no index.json)")
         try:
-            index = json.loads(ip.read_text())
-        except json.JSONDecodeError as e:
-            raise CacheError(f"{ip}: not valid JSON ({e.msg})") from None
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            index = read_json_object(ip, f"a {FORMAT} index")
+        except JsonFileError as e:
+            raise CacheError(str(e)) from None
+        if index.get("format") != FORMAT:
             raise CacheError(f"{ip}: not a {FORMAT} index")
         if index.get("format_version") != FORMAT_VERSION:
             raise CacheError(f"{ip}: unsupported format_version {index.get('format_version')!r}")

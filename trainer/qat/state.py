@@ -35,6 +35,7 @@ from torch import nn
 from qvgen_export.checkpoint.format import DIGEST_KEY
 from qvgen_export.checkpoint.stream_writer import tensor_bytes, tensor_digest, write_safetensors
 from qvgen_export.utils.atomic import atomic_dir, atomic_file, clean_stale, discard
+from qvgen_export.utils.json_files import JsonFileError, read_json_object
 from qvgen_export.utils.lazy_safetensors import TORCH_TO_ST, LazySafetensors, UnreadableFile
 
 STATE_FORMAT = "qvgen-qat-state"
@@ -176,13 +177,9 @@ def read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     path = Path(path)
     jpath, tpath = path / "state.json", path / "tensors.safetensors"
     try:
-        meta = json.loads(jpath.read_text())
-    except FileNotFoundError:
-        raise StateError(jpath, "missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StateError(jpath, f"not valid JSON ({type(e).__name__})") from None
-    if not isinstance(meta, dict):
-        raise StateError(jpath, "not a training state (expected a JSON object)")
+        meta = read_json_object(jpath, "a training state")
+    except JsonFileError as e:
+        raise StateError(jpath, e.reason) from None
     nxt = meta.get("next_step")
     if not isinstance(nxt, int) or isinstance(nxt, bool) or nxt < 0:
         raise StateError(jpath, f"'next_step' must be a non-negative integer, got {nxt!r}")
