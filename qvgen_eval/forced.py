@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from qvgen_eval.harness import SamplingSettings, relative_error
-from qvgen_export.runtime.sampler import DenoiseFn, sample_video
+from qvgen_export.runtime.sampler import DenoiseFn
 
 TextEncode = Callable[[list[str]], torch.Tensor]
 BRANCHES = ("cond", "uncond", "guided")
@@ -98,18 +98,7 @@ def reference_trajectory(
     steps: dict[int, list[Step]] = {}
     for seed in settings.seeds:
         rec = _Recorder(reference, cond, uncond)
-        sample_video(
-            rec,
-            cond,
-            uncond,
-            latent_shape=latent_shape,
-            num_steps=settings.num_steps,
-            guidance_scale=settings.guidance_scale,
-            scheduler=settings.scheduler,  # type: ignore[arg-type]
-            shift=settings.shift,
-            seed=seed,
-            progress=False,
-        )
+        settings.sample(rec, cond, uncond, latent_shape, seed)
         steps[seed] = rec.steps
     return ReferenceTrajectory(settings, cond, uncond, steps)
 

@@ -30,11 +30,10 @@ import torch
 from tqdm.auto import tqdm
 
 from qvgen_eval import metrics as M
-from qvgen_export.runtime.sampler import sample_video
+from qvgen_export.runtime.sampler import DenoiseFn, sample_video
 from qvgen_tinyworld.dataset import tensor_to_frames
 from qvgen_tinyworld.grammar import parse_prompt
 
-Denoiser = Callable[..., Any]
 TextEncode = Callable[[list[str]], torch.Tensor]
 
 # Every color, shape and direction appears; two prompts name two objects.
@@ -78,6 +77,30 @@ class SamplingSettings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def sample(
+        self,
+        denoiser: DenoiseFn,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        latent_shape: tuple[int, int, int, int],
+        seed: int,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Latents of one noise seed, sampled with these settings (no progress bar)."""
+        return sample_video(
+            denoiser,
+            cond,
+            uncond,
+            latent_shape=latent_shape,
+            num_steps=self.num_steps,
+            guidance_scale=self.guidance_scale,
+            scheduler=self.scheduler,  # type: ignore[arg-type]
+            shift=self.shift,
+            seed=seed,
+            progress=False,
+            callback=callback,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings(SamplingSettings):
@@ -98,7 +121,7 @@ class _Tee:
     velocity, so that step 0 of ``teacher_forced`` and ``trajectory`` measure the same thing.
     """
 
-    def __init__(self, reference: Denoiser, others: Mapping[str, Denoiser], guidance_scale: float | None) -> None:
+    def __init__(self, reference: DenoiseFn, others: Mapping[str, DenoiseFn], guidance_scale: float | None) -> None:
         self.reference = reference
         self.others = dict(others)
         self.guidance_scale = guidance_scale  # None: no CFG, one call per step
@@ -140,7 +163,7 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _sample(
-    denoiser: Denoiser,
+    denoiser: DenoiseFn,
     cond: torch.Tensor,
     uncond: torch.Tensor,
     latent_shape: tuple[int, int, int, int],
@@ -152,23 +175,11 @@ def _sample(
         if record is not None:
             record.append((float(t), v.detach().clone()))
 
-    return sample_video(
-        denoiser,
-        cond,
-        uncond,
-        latent_shape=latent_shape,
-        num_steps=settings.num_steps,
-        guidance_scale=settings.guidance_scale,
-        scheduler=settings.scheduler,  # type: ignore[arg-type]
-        shift=settings.shift,
-        seed=seed,
-        progress=False,
-        callback=cb,
-    )
+    return settings.sample(denoiser, cond, uncond, latent_shape, seed, callback=cb)
 
 
 def compare_models(
-    models: Mapping[str, Denoiser],
+    models: Mapping[str, DenoiseFn],
     text_encode: TextEncode,
     latent_shape: tuple[int, int, int, int],
     settings: EvalSettings | None = None,

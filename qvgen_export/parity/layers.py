@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qvgen_export.export.onnx_export import IR_VERSION, OPSET, quiet_exporter
-from qvgen_export.parity.sides import PYTORCH, Side, ort_runner, torch_runner, trt_runner
+from qvgen_export.parity.sides import PYTORCH, Side, ort_runner, start_comparison, torch_runner, trt_runner
 from qvgen_export.quant.modules import QuantContext, QuantizedWan, QuantLinear
 from qvgen_export.targets import get_target
 
@@ -176,10 +176,8 @@ def check_layers(
     """Every quantized linear on ``test`` vs ``reference``, each fed its captured input."""
     from polygraphy.comparator import Comparator, RunResults, SimpleCompareFunc
     from polygraphy.json import save_json
-    from polygraphy.logger import G_LOGGER
 
-    G_LOGGER.module_severity = G_LOGGER.ERROR
-    work_dir.mkdir(parents=True, exist_ok=True)
+    start_comparison(test, reference, work_dir)
     captured = capture_layer_inputs(model, inputs)
     layers = model.quant_linears()
     graphs = [_LayerGraphs(test, work_dir), _LayerGraphs(reference, work_dir)]
@@ -187,8 +185,6 @@ def check_layers(
     saved_feeds: list[dict[str, np.ndarray]] = []
     saved = RunResults()
     saved_runs: dict[str, list[Any]] = {test.label: [], reference.label: []}
-    if test.label == reference.label:
-        raise ValueError(f"parity needs two different sides, got {test.label} twice")
     for name, layer in tqdm(list(layers.items()), desc="layer parity", disable=not progress):
         x, group = captured[name]
         feed = _feed(x, group)

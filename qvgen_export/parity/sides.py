@@ -81,6 +81,17 @@ class Side:
 PYTORCH = Side("pytorch")
 
 
+def start_comparison(test: Side, reference: Side, work_dir: Path) -> None:
+    """What every parity check does first: refuse one side twice, quiet Polygraphy's logger
+    (its per-run INFO lines would drown the progress bar), create the work folder."""
+    if test.label == reference.label:
+        raise ValueError(f"parity needs two different sides, got {test.label} twice")
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+
 def parse_side(spec: str | Path) -> Side:
     """``pytorch``, ``ort:DIR``, ``trt:DIR`` or a bare ``DIR`` (ONNX Runtime)."""
     from qvgen_export.runtime.backends import read_folder_manifest

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from qvgen_export.artifact.contract import TIMESTEP, VELOCITY, feeds
 from qvgen_export.export.onnx_export import quantized_layer_nodes
 from qvgen_export.parity.measures import cosine, psnr
-from qvgen_export.parity.sides import PYTORCH, Side, ort_runner, torch_runner, trt_runner
+from qvgen_export.parity.sides import PYTORCH, Side, ort_runner, start_comparison, torch_runner, trt_runner
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.modules import QuantizedWan, QuantLinear
 
@@ -151,10 +151,8 @@ def check_steps(
     """Feed every recorded transformer call to both sides through Polygraphy."""
     from polygraphy.comparator import Comparator, RunResults
     from polygraphy.json import save_json
-    from polygraphy.logger import G_LOGGER
 
-    G_LOGGER.module_severity = G_LOGGER.ERROR
-    work_dir.mkdir(parents=True, exist_ok=True)
+    start_comparison(test, reference, work_dir)
     call_feeds = [feeds(c["hidden_states"], c["timestep"], c["encoder_hidden_states"]) for c in calls]
     (t_runner, t_codes), (r_runner, r_codes) = (
         _side_runner(side, model, work_dir, call_feeds[0]) for side in (test, reference)

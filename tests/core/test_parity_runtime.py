@@ -109,3 +109,18 @@ def test_parity_of_a_latent_space_model(tmp_path, embeds):
     spec = SamplingSpec(embeds[0][:1], embeds[1][:1], (16, 2, 4, 4), num_steps=1)
     s = run_parity(model, tmp_path / "onnx", spec, tmp_path / "work", progress=False)["summary"]
     assert s["video_space"] == "latents" and s["passed"], s
+
+
+def test_parity_refuses_one_side_twice(tmp_path):
+    # Both checks go through sides.start_comparison before any model work.
+    pytest.importorskip("polygraphy")
+    from qvgen_export.parity.layers import check_layers
+    from qvgen_export.parity.sides import Side
+    from qvgen_export.parity.steps import check_steps
+
+    side = Side("pytorch")
+    with pytest.raises(ValueError, match="two different sides, got pytorch twice"):
+        check_steps(None, [], tmp_path / "s", 2, side, side)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="two different sides, got pytorch twice"):
+        check_layers(None, (), tmp_path / "l", side, side)  # type: ignore[arg-type]
+    assert not (tmp_path / "s").exists() and not (tmp_path / "l").exists()
