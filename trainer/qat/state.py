@@ -32,11 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from qvgen_export.checkpoint.format import DIGEST_KEY
-from qvgen_export.checkpoint.stream_writer import tensor_bytes, tensor_digest, write_safetensors
+from qvgen_export.checkpoint.hashed_tensors import DIGEST_KEY, open_hashed
+from qvgen_export.checkpoint.stream_writer import write_safetensors
 from qvgen_export.utils.atomic import atomic_dir, atomic_file, clean_stale, discard
 from qvgen_export.utils.json_files import JsonFileError, read_json_object
-from qvgen_export.utils.lazy_safetensors import TORCH_TO_ST, LazySafetensors, UnreadableFile
 
 STATE_FORMAT = "qvgen-qat-state"
 
@@ -189,26 +188,12 @@ def read_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise StateError(jpath, "'config' must be an object")
     if not tpath.is_file():
         raise StateError(tpath, "missing")
-    try:
-        lazy = LazySafetensors(tpath)
-    except UnreadableFile as e:
-        raise StateError(tpath, f"not a readable safetensors file ({e.reason})") from None
-    try:
-        digests = json.loads(lazy.metadata.get(DIGEST_KEY, "null"))
-    except json.JSONDecodeError:
-        digests = None
-    if not isinstance(digests, dict) or set(digests) != set(lazy.keys()):
-        raise StateError(tpath, f"no valid '{DIGEST_KEY}' table (content hashes of every tensor)")
-    if "rng/torch" not in digests:
+    hashed = open_hashed(tpath, StateError)
+    if "rng/torch" not in hashed:
         raise StateError(tpath, "tensor 'rng/torch' is missing")
     tensors: dict[str, torch.Tensor] = {}
-    for key in lazy:
-        try:
-            t = lazy.get(key)
-        except UnreadableFile as e:
-            raise StateError(tpath, f"not a readable safetensors file ({e.reason})") from None
-        if tensor_digest(TORCH_TO_ST.get(t.dtype, str(t.dtype)), tuple(t.shape), tensor_bytes(t)) != digests[key]:
-            raise StateError(tpath, f"tensor '{key}' does not match its SHA-256 (file changed or corrupted)")
+    for key in hashed:
+        t = hashed[key]
         if key.startswith(("model/", "optim/")) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise StateError(
                 tpath, f"tensor '{key}' contains NaN or Inf (a diverged run; resume from an earlier state)"
