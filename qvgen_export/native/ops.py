@@ -19,6 +19,7 @@ with ``data_ptr()`` and the current stream); both produce the same bits.
 import os
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -175,6 +176,54 @@ def _gemm_args(
     return m, n, raw
 
 
+def _act_call(
+    x: torch.Tensor,
+    m: int,
+    k: int,
+    clip_lo: torch.Tensor,
+    clip_hi: torch.Tensor,
+    tokens_per_sample: int,
+    bits: int,
+    ldq: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, tuple[Any, ...]]:
+    """Outputs ``(q [M, ldq], scale, zero, code_sum)`` of an activation quantizer and the C
+    arguments both entry points (nibbles and bytes) take, in their order, before the stream."""
+    dev = x.device
+    q = torch.empty(m, ldq, dtype=torch.uint8, device=dev)
+    scale = torch.empty(m, dtype=torch.float32, device=dev)
+    zero = torch.empty(m, dtype=torch.int32, device=dev)
+    code_sum = torch.empty(m, dtype=torch.int32, device=dev)
+    ldx = x.stride(0) if m > 1 else k
+    args = (x.data_ptr(), _X_DTYPES[x.dtype], m, k, ldx, clip_lo.data_ptr(), clip_hi.data_ptr(), tokens_per_sample,
+            bits, q.data_ptr(), ldq, scale.data_ptr(), zero.data_ptr(), code_sum.data_ptr())  # fmt: skip
+    return q, scale, zero, code_sum, args
+
+
+def _gemm_call(
+    qx: torch.Tensor,
+    x_scale: torch.Tensor | None,
+    x_zero: torch.Tensor | None,
+    x_sum: torch.Tensor | None,
+    qw: torch.Tensor,
+    w_scale: torch.Tensor | None,
+    w_zero: torch.Tensor | None,
+    w_sum: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    raw: bool,
+    m: int,
+    n: int,
+    k: int,
+    out_dtype: torch.dtype,
+) -> tuple[torch.Tensor, tuple[Any, ...]]:
+    """The output ``y [M, N]`` of a GEMM and the C arguments both entry points (nibble and byte
+    codes) take, in their order, before the path and stream."""
+    y = torch.empty(m, n, dtype=out_dtype, device=qx.device)
+    args = (qx.data_ptr(), qx.shape[1], _ptr(x_scale), _ptr(x_zero), _ptr(x_sum), qw.data_ptr(), qw.shape[1],
+            _ptr(w_scale), _ptr(w_zero), _ptr(w_sum), None if raw else _ptr(bias), m, n, k, y.data_ptr(),
+            _Y_DTYPES[out_dtype], n)  # fmt: skip
+    return y, args
+
+
 def act_quant(
     x: torch.Tensor, clip_lo: torch.Tensor, clip_hi: torch.Tensor, bits: int, tokens_per_sample: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -184,29 +233,8 @@ def act_quant(
     ``tokens_per_sample`` defaults to ``M // B`` with ``B = clip_lo.numel()``.
     """
     x, m, k, tokens_per_sample = _act_args(x, clip_lo, clip_hi, bits, tokens_per_sample)
-    ldq = packed_row_bytes(k)
     dev = x.device
-    qx = torch.empty(m, ldq, dtype=torch.uint8, device=dev)
-    scale = torch.empty(m, dtype=torch.float32, device=dev)
-    zero = torch.empty(m, dtype=torch.int32, device=dev)
-    code_sum = torch.empty(m, dtype=torch.int32, device=dev)
-    ldx = x.stride(0) if m > 1 else k
-    args = (
-        x.data_ptr(),
-        _X_DTYPES[x.dtype],
-        m,
-        k,
-        ldx,
-        clip_lo.data_ptr(),
-        clip_hi.data_ptr(),
-        tokens_per_sample,
-        bits,
-        qx.data_ptr(),
-        ldq,
-        scale.data_ptr(),
-        zero.data_ptr(),
-        code_sum.data_ptr(),
-    )
+    qx, scale, zero, code_sum, args = _act_call(x, m, k, clip_lo, clip_hi, tokens_per_sample, bits, packed_row_bytes(k))
     if dev.type == "cpu":
         lib = _lib.reference_library()
         _lib.check(lib, "qvgen_ref", "act_quant", lib.qvgen_ref_act_quant(*args))
@@ -258,26 +286,7 @@ def gemm(
     """
     dev = qx.device
     m, n, raw = _gemm_args((("qx", qx), ("qw", qw)), x_scale, x_zero, x_sum, w_scale, w_zero, w_sum, bias, out_dtype)
-    y = torch.empty(m, n, dtype=out_dtype, device=dev)
-    args = (
-        qx.data_ptr(),
-        qx.shape[1],
-        _ptr(x_scale),
-        _ptr(x_zero),
-        _ptr(x_sum),
-        qw.data_ptr(),
-        qw.shape[1],
-        _ptr(w_scale),
-        _ptr(w_zero),
-        _ptr(w_sum),
-        None if raw else _ptr(bias),
-        m,
-        n,
-        k,
-        y.data_ptr(),
-        _Y_DTYPES[out_dtype],
-        n,
-    )
+    y, args = _gemm_call(qx, x_scale, x_zero, x_sum, qw, w_scale, w_zero, w_sum, bias, raw, m, n, k, out_dtype)
     if dev.type == "cpu":
         lib = _lib.reference_library()
         _lib.check(lib, "qvgen_ref", "gemm", lib.qvgen_ref_gemm(*args))
@@ -316,19 +325,10 @@ def act_quant_u8(
     if x.device.type != "cuda":
         raise ValueError("act_quant_u8 is CUDA only (the CPU reference packs nibbles: use act_quant)")
     x, m, k, tokens_per_sample = _act_args(x, clip_lo, clip_hi, bits, tokens_per_sample)
-    ld8 = byte_row_bytes(k)
-    dev = x.device
-    qx8 = torch.empty(m, ld8, dtype=torch.uint8, device=dev)
-    scale = torch.empty(m, dtype=torch.float32, device=dev)
-    zero = torch.empty(m, dtype=torch.int32, device=dev)
-    code_sum = torch.empty(m, dtype=torch.int32, device=dev)
+    qx8, scale, zero, code_sum, args = _act_call(x, m, k, clip_lo, clip_hi, tokens_per_sample, bits, byte_row_bytes(k))
     lib = _lib.cuda_library()
-    with torch.cuda.device(dev):
-        status = lib.qvgen_cuda_act_quant_u8(
-            x.data_ptr(), _X_DTYPES[x.dtype], m, k, x.stride(0) if m > 1 else k, clip_lo.data_ptr(),
-            clip_hi.data_ptr(), tokens_per_sample, bits, qx8.data_ptr(), ld8, scale.data_ptr(), zero.data_ptr(),
-            code_sum.data_ptr(), _stream(dev),
-        )  # fmt: skip
+    with torch.cuda.device(x.device):
+        status = lib.qvgen_cuda_act_quant_u8(*args, _stream(x.device))
         _lib.check(lib, "qvgen_cuda", "act_quant_u8", status)
     return qx8, scale, zero, code_sum
 
@@ -370,14 +370,10 @@ def gemm_u8(
         raise ValueError("gemm_u8 is CUDA only")
     codes = (("qx8", qx8), ("qw8", qw8))
     m, n, raw = _gemm_args(codes, x_scale, x_zero, x_sum, w_scale, w_zero, w_sum, bias, out_dtype)
-    y = torch.empty(m, n, dtype=out_dtype, device=dev)
+    y, args = _gemm_call(qx8, x_scale, x_zero, x_sum, qw8, w_scale, w_zero, w_sum, bias, raw, m, n, k, out_dtype)
     lib = _lib.cuda_library()
     with torch.cuda.device(dev):
-        status = lib.qvgen_cuda_gemm_u8(
-            qx8.data_ptr(), qx8.shape[1], _ptr(x_scale), _ptr(x_zero), _ptr(x_sum), qw8.data_ptr(), qw8.shape[1],
-            _ptr(w_scale), _ptr(w_zero), _ptr(w_sum), None if raw else _ptr(bias), m, n, k, y.data_ptr(),
-            _Y_DTYPES[out_dtype], n, _stream(dev),
-        )  # fmt: skip
+        status = lib.qvgen_cuda_gemm_u8(*args, _stream(dev))
         _lib.check(lib, "qvgen_cuda", "gemm_u8", status)
     return y
 
