@@ -155,23 +155,14 @@ class Int4Linear(nn.Module):
         if x.is_cuda and ops.wgmma_prepared_ok(x, self.out_features):
             # Hopper with the CUTLASS wgmma path: INT8 weight codes prepared once per device (twice
             # the packed bytes), activations quantized straight to bytes; the same bits.
-            return ops.w4a4_linear_u8(
-                x,
-                lo.reshape(-1).contiguous(),
-                hi.reshape(-1).contiguous(),
-                self._weight_u8(),
-                self.w_scale.float(),
-                self.w_zero.float(),
-                self.w_sum,
-                None if self.bias is None else self.bias.float(),
-                self.in_features,
-                self.act_bits,
-            )
-        return ops.w4a4_linear(
+            op, weight = ops.w4a4_linear_u8, self._weight_u8()
+        else:
+            op, weight = ops.w4a4_linear, self.qweight
+        return op(
             x,
             lo.reshape(-1).contiguous(),
             hi.reshape(-1).contiguous(),
-            self.qweight,
+            weight,
             # float32 even if the model was cast with .to(dtype): the kernels take float32 qparams
             self.w_scale.float(),
             self.w_zero.float(),
