@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from qvgen_export.artifact.manifest import sha256_file, write_manifest
 from qvgen_export.checkpoint.format import read_info
-from qvgen_export.export.manifest import sha256_file, write_manifest
 from qvgen_export.export.onnx_export import IR_VERSION, OPSET
 from qvgen_export.targets import TARGETS, get_target
 from qvgen_export.utils.atomic import atomic_dir, ensure_writable_dir

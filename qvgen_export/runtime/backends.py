@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 
 from qvgen_export.artifact.contract import OUTPUT_NAMES, feeds
-from qvgen_export.export.manifest import verify_manifest
+from qvgen_export.artifact.manifest import verify_manifest
 from qvgen_export.targets import get_target, manifest_spec
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from qvgen_export.artifact.contract import INPUT_NAMES, OUTPUT_NAMES
-from qvgen_export.export.manifest import sha256_file, verify_manifest
+from qvgen_export.artifact.manifest import sha256_file, verify_manifest
 from qvgen_export.targets import trt_engine
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qvgen_export.artifact.contract import ShapeProfile, parse_profile
-from qvgen_export.export.manifest import MANIFEST_FILE, sha256_file, verify_manifest
+from qvgen_export.artifact.manifest import MANIFEST_FILE, sha256_file, verify_manifest
 from qvgen_export.targets.plugin_contract import load_contract
 from qvgen_export.targets.registry import EngineUnavailableError
 from qvgen_export.utils.atomic import atomic_file

@@ -129,7 +129,7 @@ def test_stale_temps_of_dead_processes_are_removed(tmp_path):
 
 
 def _complete_or_absent(out: Path) -> None:
-    from qvgen_export.export.manifest import verify_manifest
+    from qvgen_export.artifact.manifest import verify_manifest
 
     if out.exists():
         verify_manifest(out)  # a final name is only ever a complete, hash-checked folder

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from qvgen_export import QuantConfig
+from qvgen_export.artifact.manifest import verify_manifest
 from qvgen_export.checkpoint import load_quantized_model
-from qvgen_export.export.manifest import verify_manifest
 from qvgen_export.parity.steps import cosine
 from qvgen_export.quant.ptq import ptq_quantize
 from qvgen_export.runtime.backends import Denoiser, OrtBackend

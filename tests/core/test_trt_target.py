@@ -15,8 +15,8 @@ import torch
 from safetensors import safe_open
 
 from qvgen_export.artifact.contract import INPUT_NAMES, OUTPUT_NAMES
+from qvgen_export.artifact.manifest import verify_manifest, write_manifest
 from qvgen_export.checkpoint import load_quantized_model
-from qvgen_export.export.manifest import verify_manifest, write_manifest
 from qvgen_export.quant.packing import kernel_row_bytes
 from qvgen_export.targets import TARGETS, get_target
 from qvgen_export.targets.plugin_contract import load_contract
