@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default="1.3b", choices=("1.3b", "14b"))
     ap.add_argument("--blocks", default="", help="comma-separated depths (default: the real depth)")
     ap.add_argument("--targets", default="onnx,trt", help="export targets to measure")
-    ap.add_argument("--ranges", default="mse", choices=("minmax", "mse"), help="PTQ weight ranges")
+    ap.add_argument("--ranges", default="mse", choices=("minmax", "mse", "mse-fast"), help="PTQ weight ranges")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-torch-export", action="store_true", help="skip the plain torch.onnx.export baseline")
     ap.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime session")

@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ranges",
-        choices=["mse", "minmax"],
+        choices=["mse", "mse-fast", "minmax"],
         default="mse",
-        help="weight ranges: mse = QVGen's shrink search (slower), minmax = plain min/max",
+        help="weight ranges: mse = QVGen's shrink search over all 80 shrink factors (slowest), "
+        "mse-fast = the same search coarse to fine (~3x faster; a row's choice can differ, see "
+        "quant/range_search.py), minmax = plain min/max",
     )
     p.add_argument("--out", type=Path, help="output checkpoint (default: artifacts/<model name>_<scheme>.safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; print only the output path")

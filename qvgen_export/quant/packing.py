@@ -33,13 +33,17 @@ def pack_codes(codes: torch.Tensor | np.ndarray, bits: int) -> torch.Tensor:
     c = torch.as_tensor(codes)
     if c.dim() != 2:
         raise ValueError(f"codes must be 2-D [N, K], got shape {tuple(c.shape)}")
-    if c.is_floating_point():
-        c = torch.round(c)
-    c = c.to(torch.int64)
     qmax = 2**bits - 1
-    if c.numel() and (int(c.min()) < 0 or int(c.max()) > qmax):
-        raise ValueError(f"codes out of range 0..{qmax} for {bits}-bit packing")
-    c = c.to(torch.uint8)
+    if c.dtype == torch.uint8:  # already the container type (PTQ's codes): no int64 copy
+        if c.numel() and int(c.max()) > qmax:
+            raise ValueError(f"codes out of range 0..{qmax} for {bits}-bit packing")
+    else:
+        if c.is_floating_point():
+            c = torch.round(c)
+        c = c.to(torch.int64)
+        if c.numel() and (int(c.min()) < 0 or int(c.max()) > qmax):
+            raise ValueError(f"codes out of range 0..{qmax} for {bits}-bit packing")
+        c = c.to(torch.uint8)
     if container_bits(bits) == 8:
         return c.contiguous()
     n, k = c.shape

@@ -22,9 +22,13 @@ def test_nibble_order_is_low_nibble_first():
     assert packed.tolist() == [[0x21, 0x03]]
 
 
-def test_pack_rejects_out_of_range():
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8])
+def test_pack_rejects_out_of_range(dtype):
     with pytest.raises(ValueError, match="out of range"):
-        pack_codes(torch.tensor([[8]]), 3)
+        pack_codes(torch.tensor([[1, 8]], dtype=dtype), 3)
+    # uint8 codes (PTQ's) skip the int64 copy; they pack as the same integers in int64 would
+    codes = torch.tensor([[0, 7, 3], [5, 1, 6]], dtype=dtype)
+    assert torch.equal(pack_codes(codes, 3), pack_codes(codes.to(torch.int64), 3))
 
 
 @pytest.mark.parametrize(

@@ -151,6 +151,7 @@ def test_bad_folders_fail_with_one_line(tmp_path, wan_folder, case, reader):
         ("w4a4", {}, "mse"),
         ("w3a3", {"weight_granularity": "per_group", "group_size": 32}, "mse"),
         ("w8a8", {"exclude": ("proj_out",)}, "minmax"),
+        ("w4a4", {"weight_granularity": "per_group", "group_size": 32}, "mse-fast"),
     ],
 )
 def test_streaming_ptq_equals_whole_model_ptq(tmp_path, wan_folder, scheme, overrides, ranges):
