@@ -10,7 +10,10 @@ Usage (the runs committed under benchmarks/results/, on the 2-core machine; PYTH
 For each depth a random bf16 diffusers folder with the real config is written
 (make_wan_folder.py), then every stage runs in its own process and reports its own wall time and
 peak RSS (``getrusage``), so one stage's memory never hides another's:
-- ``ptq``: ``ptq_quantize_folder`` (streaming, ``--ranges``; the full MSE search by default);
+- ``ptq``: ``ptq_quantize_folder`` (streaming, ``--ranges``; the full MSE search by default,
+  ``mse-fast`` its coarse-to-fine form, ``minmax`` no search). The PTQ time alone of the real
+  depth, e.g. for the 10-minute goal of mse-fast on Wan 1.3B:
+  ``--config 1.3b --ranges mse-fast --targets "" --no-torch-export --no-ort``;
 - ``export_<target>``: ``qvgen_export.export.pipeline.export_checkpoint`` (3 traced blocks, the
   rest instantiated block by block from the file, weights streamed to external data), with its
   ``weight_form`` and ``phases``: wall time, CPU time and peak RSS of each phase

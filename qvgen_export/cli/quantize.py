@@ -173,7 +173,12 @@ def main(argv: list[str] | None = None) -> int:
             from qvgen_export.quant.ptq_stream import ptq_quantize_folder
 
             path = ptq_quantize_folder(
-                folder, out, qcfg, weight_ranges_method=args.ranges, extra={"method": "ptq"}, progress=progress
+                folder,
+                out,
+                qcfg,
+                weight_ranges_method=args.ranges,
+                extra={"method": "ptq", "weight_ranges": args.ranges},
+                progress=progress,
             )
     if not args.quiet:
         from qvgen_export.checkpoint import read_info

@@ -51,6 +51,7 @@ def test_quantize_single_file_patterns_and_scheme(wan_folder, tmp_path, capsys):
     _, info = load_quantized_model(out)
     names = [e["name"] for e in info.layers]
     assert info.quant_config.weight_bits == 3 and len(names) == 20
+    assert info.extra == {"method": "ptq", "weight_ranges": "minmax"}  # how the ranges were chosen
     assert not any(n.startswith("condition_embedder.") or n == "proj_out" for n in names)
 
 
