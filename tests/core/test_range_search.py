@@ -120,8 +120,8 @@ def test_mse_fast_stays_within_its_documented_bound(name):
     cfg = FAST_CONFIGS[name]
     differ = total = 0
     for key, w in _tiny_teacher_linears().items():
-        s_e, z_e = mse_search_weight_fast(w, cfg)
-        s_f, z_f = mse_search_weight_fast(w, cfg, coarse_step=MSE_FAST_STEP)
+        s_e, _ = mse_search_weight_fast(w, cfg)
+        s_f, _ = mse_search_weight_fast(w, cfg, coarse_step=MSE_FAST_STEP)
         s_all, _, err = _errors_by_candidate(w, cfg)
         e_e = err.gather(0, (s_all == s_e[None]).int().argmax(0)[None]).squeeze(0).double()
         e_f = err.gather(0, (s_all == s_f[None]).int().argmax(0)[None]).squeeze(0).double()
