@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # diffusers_folder imports safetensors; keep this module's import light
+    from qvgen_export.models.diffusers_folder import DiffusersFolder
 
 # A random-init stand-in of the Wan architecture, small enough for CPU tests (~0.3M parameters):
 # 8 frames of 32x32 RGB "latents" (pixel space), patch (1, 4, 4) -> 512 tokens.
@@ -75,6 +78,25 @@ def skeleton_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(t.shape) for k, t in model.state_dict().items()}
 
 
+def open_wan_folder(path: str | Path) -> tuple[DiffusersFolder, torch.nn.Module]:
+    """A diffusers folder opened lazily and the meta skeleton its config builds, checked to match.
+
+    ``DiffusersFolderError`` (one line naming the file) for a config that builds no
+    ``WanTransformer3DModel`` or weights whose names or shapes differ from it.
+    """
+    from qvgen_export.models.diffusers_folder import DiffusersFolder, DiffusersFolderError
+
+    folder = DiffusersFolder(path)
+    try:
+        model = wan_skeleton(folder.config, from_config=True)
+    except (TypeError, ValueError) as e:
+        raise DiffusersFolderError(
+            f"{folder.path / 'config.json'}: does not build a WanTransformer3DModel ({e})"
+        ) from None
+    folder.check_matches(skeleton_shapes(model))
+    return folder, model
+
+
 def load_diffusers_transformer(path: str | Path, dtype: torch.dtype | None = torch.float32) -> torch.nn.Module:
     """Load a real Wan transformer from a local diffusers folder (never from a hub).
 
@@ -88,17 +110,9 @@ def load_diffusers_transformer(path: str | Path, dtype: torch.dtype | None = tor
     FileNotFoundError too for absent files) for a missing config or shard, an index naming a
     tensor its shard lacks, pickled weights, or weights that do not match config.json.
     """
-    from qvgen_export.models.diffusers_folder import DiffusersFolder, DiffusersFolderError
     from qvgen_export.utils.meta_init import assign_tensor
 
-    folder = DiffusersFolder(path)
-    try:
-        model = wan_skeleton(folder.config, from_config=True)
-    except (TypeError, ValueError) as e:
-        raise DiffusersFolderError(
-            f"{folder.path / 'config.json'}: does not build a WanTransformer3DModel ({e})"
-        ) from None
-    folder.check_matches(skeleton_shapes(model))
+    folder, model = open_wan_folder(path)
     with torch.no_grad():
         for key in model.state_dict():
             t = folder.get(key)

@@ -90,20 +90,12 @@ def ptq_quantize_folder(
     """
     from tqdm.auto import tqdm
 
-    from qvgen_export.models.diffusers_folder import DiffusersFolder, DiffusersFolderError
-    from qvgen_export.models.wan import model_config_dict, skeleton_shapes, wan_skeleton
+    from qvgen_export.models.wan import model_config_dict, open_wan_folder, skeleton_shapes
 
     if weight_ranges_method not in WEIGHT_RANGES:
         raise ValueError(f"unknown weight range method {weight_ranges_method!r}; expected one of {WEIGHT_RANGES}")
-    folder = DiffusersFolder(diffusers_dir)
-    try:
-        skeleton = wan_skeleton(folder.config, from_config=True)
-    except (TypeError, ValueError) as e:
-        raise DiffusersFolderError(
-            f"{folder.path / 'config.json'}: does not build a WanTransformer3DModel ({e})"
-        ) from None
+    folder, skeleton = open_wan_folder(diffusers_dir)
     shapes = skeleton_shapes(skeleton)
-    folder.check_matches(shapes)
     names = quantizable_linears(skeleton, config)
     if not names:
         raise ValueError("the quantization config selects no nn.Linear of the model")
