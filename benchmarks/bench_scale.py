@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from stages import child, make_folder, ptq_folder, run_stage
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,123 +85,127 @@ def _export_profile() -> Any:
     return profile
 
 
-def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
-    import torch
+def _export(args: dict[str, Any]) -> dict[str, Any]:
+    """Stage ``export``: the qvgen export of ``ckpt`` to ``dir`` for ``target``, per phase."""
+    from qvgen_export.export import pipeline
 
-    torch.set_num_threads(int(args.get("threads", 2)))
-    t0 = time.perf_counter()
     out: dict[str, Any] = {}
-    if stage == "make":
-        sys.path.insert(0, str(HERE))
-        from make_wan_folder import WAN_CONFIGS, write_wan_folder
-
-        cfg = {**WAN_CONFIGS[args["config"]], "num_layers": args["blocks"]}
-        write_wan_folder(cfg, Path(args["folder"]))
-    elif stage == "ptq":
-        from qvgen_export import QuantConfig
-        from qvgen_export.quant.ptq_stream import ptq_quantize_folder
-
-        ptq_quantize_folder(args["folder"], args["ckpt"], QuantConfig.preset("w4a4"), args["ranges"])
-    elif stage == "export":
-        from qvgen_export.export import pipeline
-
-        profile = _export_profile()
-        fields = pipeline.export_checkpoint(args["ckpt"], args["dir"], target=args["target"], overwrite=True)
-        out["nodes_quant"] = fields["num_quant_nodes"]
-        out["weight_form"] = fields.get("weight_form")
-        out["onnx_bytes"] = sum(f.stat().st_size for f in Path(args["dir"]).glob("model.onnx*"))
-        out["phases"] = profile.report()
-    elif stage == "torch_export":
-        from qvgen_export.artifact.contract import INPUT_NAMES, OUTPUT_NAMES, axis_dims
-        from qvgen_export.export.onnx_export import _Positional, example_inputs, quiet_exporter
-        from qvgen_export.models.wan import load_diffusers_transformer
-
-        # The whole model in bf16 (diffusers keeps some modules float32 on load; a plain export of a
-        # bf16 model casts them too).
-        model = load_diffusers_transformer(args["folder"], dtype=torch.bfloat16).to(torch.bfloat16).eval()
-        t_load = time.perf_counter() - t0
-        inputs = tuple(t.to(torch.bfloat16) if t.is_floating_point() else t for t in example_inputs(model.config))
-        t1 = time.perf_counter()
-        with quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(
-                _Positional(model),
-                inputs,
-                dynamo=True,
-                opset_version=21,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=axis_dims(model.config),
-                optimize=True,
-            )
-        out["trace_optimize_seconds"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        Path(args["dir"]).mkdir(parents=True, exist_ok=True)
-        program.save(str(Path(args["dir"]) / "model.onnx"), external_data=True)
-        out["save_seconds"] = time.perf_counter() - t2
-        out["load_seconds"] = t_load
-        out["onnx_bytes"] = sum(f.stat().st_size for f in Path(args["dir"]).iterdir())
-    elif stage == "equivalence":
-        # The stitched export (already written) against a direct export of the whole model.
-        from collections import Counter
-
-        import numpy as np
-        import onnx
-
-        from qvgen_export.checkpoint import load_quantized_model
-        from qvgen_export.export.onnx_export import export_onnx
-        from qvgen_export.export.pipeline import ORT_SESSION_CONFIG
-        from qvgen_export.runtime.backends import ort_session
-
-        model, _ = load_quantized_model(args["ckpt"])
-        direct = Path(args["direct"])
-        direct.mkdir(parents=True, exist_ok=True)
-        path = export_onnx(model, direct, target=args["target"], inplace=True).onnx_path
-        del model
-        stitched = Path(args["dir"]) / "model.onnx"
-        a, b = onnx.load(str(stitched), load_external_data=False), onnx.load(str(path), load_external_data=False)
-        out["same_op_counts"] = Counter(n.op_type for n in a.graph.node) == Counter(n.op_type for n in b.graph.node)
-        out["nodes"] = [len(a.graph.node), len(b.graph.node)]
-        cfg = json.loads((Path(args["dir"]) / "manifest.json").read_text())["model_config"]
-        g = np.random.default_rng(0)
-        feed = {
-            "hidden_states": g.standard_normal((1, cfg["in_channels"], 1, 16, 16), dtype=np.float32),
-            "timestep": np.array([500.0], dtype=np.float32),
-            "encoder_hidden_states": g.standard_normal((1, 8, cfg["text_dim"]), dtype=np.float32),
-        }
-        ys = [ort_session(f, ORT_SESSION_CONFIG, target=args["target"]).run(None, feed)[0] for f in (stitched, path)]
-        out["max_abs_diff"] = float(np.abs(ys[0] - ys[1]).max())
-        out["output_scale"] = float(np.abs(ys[1]).max())
-        shutil.rmtree(direct, ignore_errors=True)
-    elif stage == "ort":
-        import numpy as np
-
-        from qvgen_export.runtime.backends import OrtBackend
-
-        before = _rss_gib()
-        backend = OrtBackend(args["dir"])
-        out["session_rss_gib"] = _rss_gib() - before
-        cfg = backend.model_config
-        g = np.random.default_rng(0)
-        x = torch.from_numpy(g.standard_normal((1, cfg["in_channels"], 1, 16, 16), dtype=np.float32))
-        e = torch.from_numpy(g.standard_normal((1, 8, cfg["text_dim"]), dtype=np.float32))
-        t1 = time.perf_counter()
-        backend.run(x, torch.tensor([500.0]), e)
-        out["forward_seconds"] = time.perf_counter() - t1
-        out["forward_shape"] = [1, cfg["in_channels"], 1, 16, 16]
-    out["seconds"] = time.perf_counter() - t0
-    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    profile = _export_profile()
+    fields = pipeline.export_checkpoint(args["ckpt"], args["dir"], target=args["target"], overwrite=True)
+    out["nodes_quant"] = fields["num_quant_nodes"]
+    out["weight_form"] = fields.get("weight_form")
+    out["onnx_bytes"] = sum(f.stat().st_size for f in Path(args["dir"]).glob("model.onnx*"))
+    out["phases"] = profile.report()
     return out
 
 
+def _torch_export(args: dict[str, Any]) -> dict[str, Any]:
+    """Stage ``torch_export``: plain ``torch.onnx.export(dynamo=True)`` of the bf16 model (the baseline)."""
+    import torch
+
+    from qvgen_export.artifact.contract import INPUT_NAMES, OUTPUT_NAMES, axis_dims
+    from qvgen_export.export.onnx_export import _Positional, example_inputs, quiet_exporter
+    from qvgen_export.models.wan import load_diffusers_transformer
+
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    # The whole model in bf16 (diffusers keeps some modules float32 on load; a plain export of a
+    # bf16 model casts them too).
+    model = load_diffusers_transformer(args["folder"], dtype=torch.bfloat16).to(torch.bfloat16).eval()
+    t_load = time.perf_counter() - t0
+    inputs = tuple(t.to(torch.bfloat16) if t.is_floating_point() else t for t in example_inputs(model.config))
+    t1 = time.perf_counter()
+    with quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            _Positional(model),
+            inputs,
+            dynamo=True,
+            opset_version=21,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes=axis_dims(model.config),
+            optimize=True,
+        )
+    out["trace_optimize_seconds"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    Path(args["dir"]).mkdir(parents=True, exist_ok=True)
+    program.save(str(Path(args["dir"]) / "model.onnx"), external_data=True)
+    out["save_seconds"] = time.perf_counter() - t2
+    out["load_seconds"] = t_load
+    out["onnx_bytes"] = sum(f.stat().st_size for f in Path(args["dir"]).iterdir())
+    return out
+
+
+def _equivalence(args: dict[str, Any]) -> dict[str, Any]:
+    """Stage ``equivalence``: the stitched export (already written) against a direct export of the whole model."""
+    from collections import Counter
+
+    import numpy as np
+    import onnx
+
+    from qvgen_export.checkpoint import load_quantized_model
+    from qvgen_export.export.onnx_export import export_onnx
+    from qvgen_export.export.pipeline import ORT_SESSION_CONFIG
+    from qvgen_export.runtime.backends import ort_session
+
+    out: dict[str, Any] = {}
+    model, _ = load_quantized_model(args["ckpt"])
+    direct = Path(args["direct"])
+    direct.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(model, direct, target=args["target"], inplace=True).onnx_path
+    del model
+    stitched = Path(args["dir"]) / "model.onnx"
+    a, b = onnx.load(str(stitched), load_external_data=False), onnx.load(str(path), load_external_data=False)
+    out["same_op_counts"] = Counter(n.op_type for n in a.graph.node) == Counter(n.op_type for n in b.graph.node)
+    out["nodes"] = [len(a.graph.node), len(b.graph.node)]
+    cfg = json.loads((Path(args["dir"]) / "manifest.json").read_text())["model_config"]
+    g = np.random.default_rng(0)
+    feed = {
+        "hidden_states": g.standard_normal((1, cfg["in_channels"], 1, 16, 16), dtype=np.float32),
+        "timestep": np.array([500.0], dtype=np.float32),
+        "encoder_hidden_states": g.standard_normal((1, 8, cfg["text_dim"]), dtype=np.float32),
+    }
+    ys = [ort_session(f, ORT_SESSION_CONFIG, target=args["target"]).run(None, feed)[0] for f in (stitched, path)]
+    out["max_abs_diff"] = float(np.abs(ys[0] - ys[1]).max())
+    out["output_scale"] = float(np.abs(ys[1]).max())
+    shutil.rmtree(direct, ignore_errors=True)
+    return out
+
+
+def _ort(args: dict[str, Any]) -> dict[str, Any]:
+    """Stage ``ort``: ONNX Runtime session memory and one forward on the qvgen onnx export."""
+    import numpy as np
+    import torch
+
+    from qvgen_export.runtime.backends import OrtBackend
+
+    out: dict[str, Any] = {}
+    before = _rss_gib()
+    backend = OrtBackend(args["dir"])
+    out["session_rss_gib"] = _rss_gib() - before
+    cfg = backend.model_config
+    g = np.random.default_rng(0)
+    x = torch.from_numpy(g.standard_normal((1, cfg["in_channels"], 1, 16, 16), dtype=np.float32))
+    e = torch.from_numpy(g.standard_normal((1, 8, cfg["text_dim"]), dtype=np.float32))
+    t1 = time.perf_counter()
+    backend.run(x, torch.tensor([500.0]), e)
+    out["forward_seconds"] = time.perf_counter() - t1
+    out["forward_shape"] = [1, cfg["in_channels"], 1, 16, 16]
+    return out
+
+
+STAGES = {
+    "make": make_folder,
+    "ptq": ptq_folder,
+    "export": _export,
+    "torch_export": _torch_export,
+    "equivalence": _equivalence,
+    "ort": _ort,
+}
+
+
 def _run(stage: str, **args: Any) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--stage", stage, "--args", json.dumps(args, default=str)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        raise RuntimeError(f"stage {stage} failed: {res.stderr.strip().splitlines()[-3:]}")
-    r = json.loads(res.stdout.strip().splitlines()[-1])
-    shown = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
-    print(f"  {stage:14s} {json.dumps(shown)}", flush=True)
-    return r
+    return run_stage(__file__, stage, **args)
 
 
 def _extrapolate(runs: dict[str, dict[str, Any]], depth: int) -> dict[str, Any]:
@@ -243,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_scale_wan1_3b.json")
     a = ap.parse_args(argv)
     if a.stage:
-        print(json.dumps(_child(a.stage, json.loads(a.args))))
+        print(json.dumps(child(a.stage, json.loads(a.args), STAGES, default_threads=2)))
         return 0
     sys.path.insert(0, str(HERE))
     from make_wan_folder import WAN_CONFIGS

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -32,96 +31,83 @@ import time
 from pathlib import Path
 from typing import Any
 
+from stages import child, make_folder, ptq_folder, run_stage, stage_env
+
 HERE = Path(__file__).resolve().parent
 WAN13_BLOCK_LINEAR_WEIGHTS = 1.39e9
 
 
-def _child(stage: str, args: dict[str, Any]) -> dict[str, Any]:
-    import torch
+def _load(args: dict[str, Any], latent: bool = False) -> dict[str, Any]:
+    """Stage ``load`` (packed codes per quantized linear) or ``load_latent`` (float32 latent weights)."""
+    from qvgen_export.checkpoint import load_quantized_model
 
-    torch.set_num_threads(int(args.get("threads", 1)))
-    t0 = time.perf_counter()
     out: dict[str, Any] = {}
-    if stage == "make":
-        sys.path.insert(0, str(HERE))
-        from make_wan_folder import WAN_CONFIGS, write_wan_folder
-
-        cfg = {**WAN_CONFIGS[args["config"]], "num_layers": args["blocks"]}
-        write_wan_folder(cfg, Path(args["folder"]))
-    elif stage == "ptq":
-        from qvgen_export import QuantConfig
-        from qvgen_export.quant.ptq_stream import ptq_quantize_folder
-
-        ptq_quantize_folder(args["folder"], args["ckpt"], QuantConfig.preset("w4a4"), args["ranges"])
-    elif stage in ("load", "load_latent"):
-        from qvgen_export.checkpoint import load_quantized_model
-
-        model, info = load_quantized_model(args["ckpt"], latent_weights=stage == "load_latent")
-        out["quantized_layers"] = len(info.layers)
-        out["model_tensor_bytes"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    elif stage == "cli_ptq":
-        cmd = [sys.executable, "-m", "qvgen_export.cli.quantize", "--model", str(args["folder"])]
-        cmd += ["--out", str(args["ckpt"]), "--quiet"]
-        out["command"] = " ".join(["qvgen-quantize", *cmd[3:]])
-        res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_env())
-        if res.returncode != 0:
-            raise RuntimeError(res.stderr.strip().splitlines()[-1:])
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        out["seconds"] = time.perf_counter() - t0
-        out["cpu_seconds"] = ru.ru_utime + ru.ru_stime
-        out["peak_rss_gib"] = ru.ru_maxrss / 2**20
-        out["ckpt_bytes"] = Path(args["ckpt"]).stat().st_size
-        return out
-    elif stage == "rsearch":
-        from qvgen_export import QuantConfig
-        from qvgen_export.quant.ptq import mse_search_weight_reference
-        from qvgen_export.quant.range_search import minmax_weight_ranges, mse_search_weight_fast
-
-        w = torch.randn(1536, 8960, generator=torch.Generator().manual_seed(0)) * 0.02
-        cfg = QuantConfig.preset("w4a4")
-        for name, fn in (
-            ("reference", mse_search_weight_reference),
-            ("vectorised", mse_search_weight_fast),
-            ("minmax", minmax_weight_ranges),
-        ):
-            t = time.perf_counter()
-            s, z = fn(w, cfg)
-            dt = time.perf_counter() - t
-            out[f"{name}_us_per_weight"] = dt / w.numel() * 1e6
-            out[f"{name}_wan1_3b_minutes"] = dt / w.numel() * WAN13_BLOCK_LINEAR_WEIGHTS / 60
-            if name == "reference":
-                ref = (s, z)
-            elif name == "vectorised":
-                out["vectorised_rows_equal_reference"] = int(((s == ref[0]) & (z == ref[1])).all(1).sum())
-                out["rows"] = int(s.shape[0])
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    out["seconds"] = time.perf_counter() - t0
-    out["cpu_seconds"] = ru.ru_utime + ru.ru_stime
-    out["peak_rss_gib"] = ru.ru_maxrss / 2**20  # KiB on Linux
+    model, info = load_quantized_model(args["ckpt"], latent_weights=latent)
+    out["quantized_layers"] = len(info.layers)
+    out["model_tensor_bytes"] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     return out
 
 
-def _env() -> dict[str, str]:
-    """The environment of a stage: the repository importable whatever the working directory."""
-    root = str(HERE.parent)
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": root if not path else f"{root}{os.pathsep}{path}"}
+def _cli_ptq(args: dict[str, Any]) -> dict[str, Any]:
+    """Stage ``cli_ptq``: the user's ``qvgen-quantize --model FOLDER`` with its defaults; that
+    command's own wall time, CPU time and peak RSS (``RUSAGE_CHILDREN``)."""
+    out: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    cmd = [sys.executable, "-m", "qvgen_export.cli.quantize", "--model", str(args["folder"])]
+    cmd += ["--out", str(args["ckpt"]), "--quiet"]
+    out["command"] = " ".join(["qvgen-quantize", *cmd[3:]])
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=stage_env())
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr.strip().splitlines()[-1:])
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = ru.ru_utime + ru.ru_stime
+    out["peak_rss_gib"] = ru.ru_maxrss / 2**20
+    out["ckpt_bytes"] = Path(args["ckpt"]).stat().st_size
+    return out
+
+
+def _rsearch(args: dict[str, Any]) -> dict[str, Any]:
+    """Stage ``rsearch``: the weight-range search, reference loop vs vectorised, on one layer."""
+    import torch
+
+    from qvgen_export import QuantConfig
+    from qvgen_export.quant.ptq import mse_search_weight_reference
+    from qvgen_export.quant.range_search import minmax_weight_ranges, mse_search_weight_fast
+
+    out: dict[str, Any] = {}
+    w = torch.randn(1536, 8960, generator=torch.Generator().manual_seed(0)) * 0.02
+    cfg = QuantConfig.preset("w4a4")
+    for name, fn in (
+        ("reference", mse_search_weight_reference),
+        ("vectorised", mse_search_weight_fast),
+        ("minmax", minmax_weight_ranges),
+    ):
+        t = time.perf_counter()
+        s, z = fn(w, cfg)
+        dt = time.perf_counter() - t
+        out[f"{name}_us_per_weight"] = dt / w.numel() * 1e6
+        out[f"{name}_wan1_3b_minutes"] = dt / w.numel() * WAN13_BLOCK_LINEAR_WEIGHTS / 60
+        if name == "reference":
+            ref = (s, z)
+        elif name == "vectorised":
+            out["vectorised_rows_equal_reference"] = int(((s == ref[0]) & (z == ref[1])).all(1).sum())
+            out["rows"] = int(s.shape[0])
+    return out
+
+
+STAGES = {
+    "make": make_folder,
+    "ptq": ptq_folder,
+    "load": _load,
+    "load_latent": lambda args: _load(args, latent=True),
+    "cli_ptq": _cli_ptq,
+    "rsearch": _rsearch,
+}
 
 
 def _run(stage: str, **args: Any) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--stage", stage, "--args", json.dumps(args, default=str)]
-    load_before = os.getloadavg()
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False, env=_env())
-    if res.returncode != 0:
-        raise RuntimeError(f"stage {stage} failed: {res.stderr.strip().splitlines()[-1:]}")
-    r = json.loads(res.stdout.strip().splitlines()[-1])
-    # 1/5/15-minute load averages of the machine (other sessions' work included) before and after.
-    r["loadavg_before"] = [round(x, 2) for x in load_before]
-    r["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    print(
-        f"  {stage:8s} {json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()})}", flush=True
-    )
-    return r
+    return run_stage(__file__, stage, **args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_scale_load.json")
     a = ap.parse_args(argv)
     if a.stage:
-        print(json.dumps(_child(a.stage, json.loads(a.args))))
+        print(json.dumps(child(a.stage, json.loads(a.args), STAGES, default_threads=1)))
         return 0
 
     def listed(arg: str) -> list[str]:
