@@ -17,11 +17,11 @@ Modes (``weight_ranges(w, config, method)``, ``qvgen-quantize --ranges``, ``ptq_
 - ``"mse"``: every one of the 80 candidates (QVGen's search; the default). Its cost is 80
   evaluations of ``|.|^2.4`` per weight, and torch's float ``pow`` (~7.5 ns an element on one
   core of the 2-core dev machine) is most of it: 0.37-0.44 us a weight (wall, 2 threads, quiet
-  machine), so Wan 2.1 1.3B (1.42e9 quantized weights) streams through PTQ in ~10.5 min
-  (627 s: bench_scale at 2 and 4 blocks, 20.6 s a block, extrapolated to 30;
-  benchmarks/results/bench_scale_wan1_3b_ptq_ranges.json): over the 10-minute goal.
-- ``"mse-fast"``: coarse to fine, 26 candidates instead of 80 (0.12-0.13 us a weight, 5.8 s a
-  block; Wan 2.1 1.3B in ~3.1 min, 185 s, extrapolated the same way): every
+  machine). Wan 2.1 1.3B (1.42e9 quantized weights) streams through PTQ in 574 s measured at
+  full depth (benchmarks/results/bench_scale_wan1_3b.json, the machine running nothing else;
+  627 s extrapolated from 2 and 4 blocks in bench_scale_wan1_3b_ptq_ranges.json).
+- ``"mse-fast"``: coarse to fine, 26 candidates instead of 80 (0.12-0.13 us a weight; Wan 2.1
+  1.3B in 162 s measured at full depth, bench_scale_wan1_3b_ptq_msefast.json): every
   ``MSE_FAST_STEP``-th candidate (p = 1.00, 0.96, ..., 0.24), then the ``MSE_FAST_STEP - 1``
   candidates on each side of each row's best of those; the least error of all evaluated, the
   earliest p on ties. Every evaluated candidate's error is the one the exhaustive search
