@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     from make_wan_folder import WAN_CONFIGS
 
     depths = [int(b) for b in a.blocks.split(",") if b.strip()] or [int(WAN_CONFIGS[a.config]["num_layers"])]
-    result: dict[str, Any] = {"command": " ".join(["python", "benchmarks/bench_scale.py", *(argv or sys.argv[1:])])}
+    result: dict[str, Any] = {"command": shlex.join(["python", "benchmarks/bench_scale.py", *(argv or sys.argv[1:])])}
     result.update({"config": a.config, "ranges": a.ranges, "threads": a.threads, "runs": {}})
     for blocks in depths:
         tag = f"wan{a.config}_{blocks}blk"
