@@ -2,12 +2,14 @@
 
 The model is a local diffusers folder (a WanTransformer3DModel folder, or a pipeline folder
 holding transformer/), or one safetensors file with diffusers tensor names plus its config.json.
-Nothing is downloaded. Without calibration the model is quantized straight from disk, one layer
-at a time (peak memory: the widest layer, so Wan 14B quantizes on a laptop); the result is the
-QVGen initialisation: weight ranges by MSE search (or min/max), activation clips at their
-initial value. With --calib-embeds (saved UMT5 embeddings) or --calib-prompts (encoded by the
-folder's own text_encoder/ and tokenizer/, needs transformers) the model is loaded whole in
-float32 and the activation clips are calibrated per timestep group on a short sampling run.
+Nothing is downloaded. The model is quantized straight from disk, one layer at a time (peak
+memory: the widest layer, so Wan 14B quantizes on a laptop); the result is the QVGen
+initialisation: weight ranges by MSE search (or min/max), activation clips at their initial
+value. With --calib-embeds (saved UMT5 embeddings) or --calib-prompts (encoded by the folder's
+own text_encoder/ and tokenizer/, needs transformers) the activation clips are also calibrated
+per timestep group on a short sampling run of the packed quantized model (memory: about the
+checkpoint's size, 0.25x bf16, plus the run's activations; the float weights are read from disk
+as each layer is scored, never held).
 
 examples:
   qvgen-quantize --model Wan2.1-T2V-1.3B-Diffusers --out wan13b_w4a4.safetensors
@@ -27,6 +29,7 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="output checkpoint (default: artifacts/<model name>_<scheme>.safetensors)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; print only the output path")
-    cal = p.add_argument_group("calibration (optional; loads the whole model in float32)")
+    cal = p.add_argument_group("calibration (optional; runs the packed quantized model, never a float one)")
     cal.add_argument(
         "--calib-embeds",
         type=Path,
@@ -109,11 +112,9 @@ def _single_file_folder(weights: Path, config: Path | None, tmp: Path) -> Path:
     return tmp
 
 
-def _calibrated(folder: Path, qcfg: Any, args: argparse.Namespace, out: Path, progress: bool) -> Path:
-    """Whole-model path: load, quantize, calibrate clips on a short sampling run, save."""
-    from qvgen_export.checkpoint import save_checkpoint
-    from qvgen_export.models.wan import load_diffusers_transformer
-    from qvgen_export.quant.ptq import calibrate_act_clips_loop, ptq_quantize
+def _calibration_loop(folder: Path, args: argparse.Namespace, progress: bool) -> Callable[[Any], None]:
+    """The forward loop that calibrates the activation clips: a short sampling run."""
+    from qvgen_export.models.diffusers_folder import DiffusersFolder
     from qvgen_export.runtime.prompts import load_prompt_embeds
     from qvgen_export.runtime.sampler import sample_video
 
@@ -125,20 +126,17 @@ def _calibrated(folder: Path, qcfg: Any, args: argparse.Namespace, out: Path, pr
         from qvgen_export.runtime.prompts import umt5_prompt_embeds
 
         pe, ne = umt5_prompt_embeds(args.text_encoder or args.model, args.calib_prompts)
-    model = load_diffusers_transformer(folder)
-    if pe.shape[-1] != int(model.config.text_dim):
+    config = DiffusersFolder(folder).config
+    if pe.shape[-1] != int(config["text_dim"]):
         raise ValueError(
-            f"{args.calib_embeds}: embeddings of width {pe.shape[-1]}, the model takes {model.config.text_dim}"
+            f"{args.calib_embeds}: embeddings of width {pe.shape[-1]}, the model takes {config['text_dim']}"
         )
-    qmodel = ptq_quantize(model, qcfg, progress=progress, weight_ranges_method=args.ranges)
-    shape = (int(model.config.in_channels), args.calib_frames, args.calib_height, args.calib_width)
+    shape = (int(config["in_channels"]), args.calib_frames, args.calib_height, args.calib_width)
 
     def loop(m: Any) -> None:
         sample_video(m, pe, ne, latent_shape=shape, num_steps=args.calib_steps, progress=progress)
 
-    calibrate_act_clips_loop(qmodel, loop)
-    calibration = str(args.calib_embeds) if args.calib_embeds else "\n".join(args.calib_prompts)
-    return save_checkpoint(qmodel, out, extra={"method": "ptq", "calibration": calibration})
+    return loop
 
 
 @cli_entry("qvgen-quantize")
@@ -163,23 +161,20 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or artifacts_dir() / f"{stem}_{qcfg.name}.safetensors"
     with tempfile.TemporaryDirectory(prefix="qvgen-quantize-") as tmp:
         folder = _single_file_folder(args.single_file, args.config, Path(tmp)) if args.single_file else args.model
+        calibrate = bool(args.calib_embeds or args.calib_prompts)
         if not args.quiet:
-            calibrate = args.calib_embeds or args.calib_prompts
-            how = "calibrated" if calibrate else f"streaming, {args.ranges} weight ranges"
+            how = f"streaming, {args.ranges} weight ranges" + (", calibrated activation clips" if calibrate else "")
             print(f"quantizing {source} to {qcfg.name} ({how}) -> {out}", file=sys.stderr)
-        if args.calib_embeds or args.calib_prompts:
-            path = _calibrated(Path(folder), qcfg, args, out, progress)
-        else:
-            from qvgen_export.quant.ptq_stream import ptq_quantize_folder
+        from qvgen_export.quant.ptq_stream import ptq_quantize_folder
 
-            path = ptq_quantize_folder(
-                folder,
-                out,
-                qcfg,
-                weight_ranges_method=args.ranges,
-                extra={"method": "ptq", "weight_ranges": args.ranges},
-                progress=progress,
-            )
+        extra = {"method": "ptq", "weight_ranges": args.ranges}
+        loop = None
+        if calibrate:
+            loop = _calibration_loop(Path(folder), args, progress)
+            extra["calibration"] = str(args.calib_embeds) if args.calib_embeds else "\n".join(args.calib_prompts)
+        path = ptq_quantize_folder(
+            folder, out, qcfg, weight_ranges_method=args.ranges, extra=extra, progress=progress, calibrate=loop
+        )
     if not args.quiet:
         from qvgen_export.checkpoint import read_info
 

@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from qvgen_export.checkpoint.format import (
@@ -46,7 +45,6 @@ from qvgen_export.export.onnx_export import INLINE_BYTES, ExportResult, result_o
 from qvgen_export.quant.config import QuantConfig
 from qvgen_export.quant.modules import PackedQuantLinear, QuantContext
 from qvgen_export.targets import get_target
-from qvgen_export.utils.meta_init import params_on_meta
 
 TEMPLATE_BLOCKS = 3
 _PREFIX = "model.transformer.blocks."
@@ -167,17 +165,11 @@ def _packed_layer(parts: dict[str, torch.Tensor], cfg: QuantConfig) -> PackedQua
     form (training), while every export form reads the stored codes, scales and zero points as
     they are, like the packed model; that check was 3/4 of the time of instantiating a block.
     """
-    n, k = parts["codes"].shape
-    with params_on_meta():
-        layer = PackedQuantLinear(k, n, "bias" in parts, cfg, QuantContext())
-    layer.qweight = parts["qweight"]
+    codes = parts["codes"]
+    layer = PackedQuantLinear.from_tensors(parts, int(codes.shape[1]), cfg, QuantContext(), requires_grad=False)
     # The export forms read ``codes()``: hand them the codes read_layer_tensors already unpacked from
     # this qweight instead of unpacking them a second time (a third of a block's time).
-    codes = parts["codes"]
     layer.codes = lambda: codes  # type: ignore[method-assign]
-    for attr in ("w_scale", "w_zero", "clip_lower", "clip_upper", "bias"):
-        if attr in parts:
-            setattr(layer, attr, nn.Parameter(parts[attr], requires_grad=False))
     return layer
 
 

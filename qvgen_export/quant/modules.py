@@ -229,6 +229,30 @@ class PackedQuantLinear(QuantLinear):
         self.register_buffer("qweight", torch.empty(shape, dtype=torch.uint8, device="meta"))
         self._init_quantizer(in_features, out_features, bias, config, ctx)
 
+    @classmethod
+    def from_tensors(
+        cls,
+        tensors: dict[str, torch.Tensor],
+        in_features: int,
+        config: QuantConfig,
+        ctx: QuantContext,
+        requires_grad: bool = True,
+    ) -> PackedQuantLinear:
+        """A layer holding one linear's checkpoint tensors as they are (suffix -> tensor:
+        ``qweight``, ``w_scale``, ``w_zero``, ``clip_lower``, ``clip_upper``, optional ``bias``);
+        no copy, no check (callers validate what they read)."""
+        from qvgen_export.utils.meta_init import params_on_meta
+
+        n = int(tensors["w_scale"].shape[0])
+        with params_on_meta():
+            layer = cls(in_features, n, "bias" in tensors, config, ctx)
+        layer.qweight = tensors["qweight"]
+        for attr in (*QUANTIZER_PARAMS, "bias"):
+            if attr in tensors:
+                grad = requires_grad and getattr(layer, attr).requires_grad
+                setattr(layer, attr, nn.Parameter(tensors[attr], requires_grad=grad))
+        return layer
+
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
         """The dequantized weight ``[N, K]`` float32, computed on each access (not stored).

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from qvgen_export.quant import functional as QF
 from qvgen_export.quant.config import QuantConfig
-from qvgen_export.quant.modules import QuantizedWan, QuantLinear
+from qvgen_export.quant.modules import PackedQuantLinear, QuantizedWan, QuantLinear
 from qvgen_export.quant.range_search import MSE_POWER, SHRINK_GRID, mse_search_weight_fast, scale_zero
 
 CLIP_GRID = (1.0, 0.975, 0.95, 0.9, 0.85, 0.8, 0.7)
@@ -71,7 +71,11 @@ def mse_search_weight_reference(w: torch.Tensor, config: QuantConfig) -> tuple[t
 
 
 @torch.no_grad()
-def calibrate_act_clips_loop(model: QuantizedWan, forward_loop: Callable[[QuantizedWan], Any]) -> int:
+def calibrate_act_clips_loop(
+    model: QuantizedWan,
+    forward_loop: Callable[[QuantizedWan], Any],
+    reference_weight: Callable[[str], torch.Tensor] | None = None,
+) -> int:
     """Pick each layer's activation clip factor per timestep group from ``CLIP_GRID``.
 
     ``forward_loop(model)`` runs calibration data through ``model`` however the caller likes (a
@@ -79,8 +83,18 @@ def calibrate_act_clips_loop(model: QuantizedWan, forward_loop: Callable[[Quanti
     candidates are scored by the MSE between its quantized output and the float output
     ``x @ W^T + b`` on the inputs it sees. Groups never seen keep their initial value. Returns the
     number of quantized-linear calls observed (0 means the loop never ran the model).
+
+    ``reference_weight(name)`` gives layer ``name``'s float weight ``W`` when the model holds
+    none (packed layers, as streaming PTQ builds them: the float weight is read from disk on
+    each call instead of being kept); by default each layer's own latent ``weight``.
     """
     layers = model.quant_linears()
+    if reference_weight is None:
+        packed = [n for n, m in layers.items() if isinstance(m, PackedQuantLinear)]
+        if packed:
+            # A packed layer's ``weight`` is its dequantized weight: scoring against it would
+            # calibrate towards the quantized model, silently.
+            raise ValueError(f"layer {packed[0]} holds packed codes, no float weight: pass reference_weight")
     # err[name][group][clip] accumulated over calls
     errs: dict[str, dict[int, torch.Tensor]] = {n: defaultdict(lambda: torch.zeros(len(CLIP_GRID))) for n in layers}
     seen = [0]
@@ -94,7 +108,8 @@ def calibrate_act_clips_loop(model: QuantizedWan, forward_loop: Callable[[Quanti
             assert groups is not None
             w = mod.quantized_weight()
             bias = None if mod.bias is None else mod.bias.float()
-            ref = nn.functional.linear(x, mod.weight.float(), bias)
+            w_ref = mod.weight if reference_weight is None else reference_weight(name)
+            ref = nn.functional.linear(x, w_ref.float(), bias)
             for gi in groups.unique().tolist():
                 sel = groups == gi
                 xs, rs = x[sel], ref[sel]

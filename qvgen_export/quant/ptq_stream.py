@@ -7,25 +7,60 @@ widest layer, not by depth. The output is the same file :func:`save_checkpoint` 
 ``ptq_quantize(load_diffusers_transformer(folder), config)`` (same tensors, same metadata),
 written in one pass to a temp file that is renamed onto ``out_ckpt`` only when complete.
 
-Calibration-free only (weight ranges, initial activation clips); activation-clip calibration
-needs block inputs streamed through the model and is not done here.
+With ``calibrate`` (a forward loop, e.g. a short sampling run) the activation clips are
+calibrated too, without a float model: each quantized layer is also kept as the packed layer the
+checkpoint loader would build (codes, scales, zero points: about the checkpoint's size, 0.25x
+bf16), the float tensors beside them, the loop runs that packed model (the same bits as the
+whole-model path's fake-quant forward), and each layer's float reference weight is read from the
+folder per call and dropped. The clip tensors are written last, so the file is still written
+once. The result equals ``ptq_quantize`` + ``calibrate_act_clips_loop`` on the whole float model,
+bit for bit (tested).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from qvgen_export.checkpoint.format import DIGEST_KEY, checkpoint_metadata, trim_heap
 from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter
 from qvgen_export.quant.config import QuantConfig
-from qvgen_export.quant.modules import quantizable_linears
+from qvgen_export.quant.modules import PackedQuantLinear, QuantContext, QuantizedWan, quantizable_linears
 from qvgen_export.quant.packing import pack_codes, packed_shape
+from qvgen_export.quant.ptq import calibrate_act_clips_loop
 from qvgen_export.quant.range_search import WEIGHT_RANGES, weight_ranges
 from qvgen_export.utils.atomic import atomic_file, ensure_writable_dir
+from qvgen_export.utils.meta_init import assign_tensor
+
+if TYPE_CHECKING:
+    from qvgen_export.models.diffusers_folder import DiffusersFolder
+
+# Clip logits are written after calibration; everything else as soon as it is computed.
+CLIP_SUFFIXES = ("clip_lower", "clip_upper")
+# Bytes of float reference weights read from the folder between two unmaps of its shards.
+_RELEASE_BYTES = 256 << 20
+
+
+class FolderWeights:
+    """``name -> float weight`` read from a diffusers folder on each call (calibration's
+    reference), unmapping the shards every ``_RELEASE_BYTES`` so RSS does not grow by the
+    folder's size over a calibration run."""
+
+    def __init__(self, folder: DiffusersFolder) -> None:
+        self.folder = folder
+        self._mapped = 0
+
+    def __call__(self, name: str) -> torch.Tensor:
+        raw = self.folder.get(f"{name}.weight")  # a fresh tensor, not a view of the mapping
+        self._mapped += raw.numel() * raw.element_size()
+        if self._mapped >= _RELEASE_BYTES:
+            self.folder.release()
+            self._mapped = 0
+        return raw.float()
 
 
 def _unit(key: str) -> str:
@@ -78,6 +113,7 @@ def ptq_quantize_folder(
     dtype: torch.dtype = torch.float32,
     extra: dict[str, Any] | None = None,
     progress: bool = False,
+    calibrate: Callable[[QuantizedWan], Any] | None = None,
 ) -> Path:
     """Quantize the Wan transformer in ``diffusers_dir`` to the checkpoint ``out_ckpt``, streaming.
 
@@ -87,6 +123,10 @@ def ptq_quantize_folder(
     ``load_diffusers_transformer`` gives). Raises ``DiffusersFolderError`` (ValueError) for a bad
     folder, ``ValueError`` for non-finite weights or a config that selects nothing, ``OSError``
     when the disk fills; nothing is left under ``out_ckpt`` on any failure.
+
+    ``calibrate(model)``: a forward loop (as ``ptq.calibrate_act_clips_loop`` takes) run on the
+    packed quantized model to calibrate the activation clips (module docstring); ``ValueError``
+    if it never calls the model. Memory is then the packed model plus the loop's activations.
     """
     from tqdm.auto import tqdm
 
@@ -133,6 +173,7 @@ def ptq_quantize_folder(
     units: dict[str, list[str]] = {}
     for key in shapes:  # module order; a quantized linear is handled at its weight
         units.setdefault(_unit(key), []).append(key)
+    ctx = QuantContext()
     with atomic_file(out, what="the quantized checkpoint") as tmp:
         writer = StreamingSafetensorsWriter(tmp, specs, meta, digest_key=DIGEST_KEY)
         try:
@@ -145,17 +186,40 @@ def ptq_quantize_folder(
                         bias = read(f"{owner}.bias") if f"{owner}.bias" in shapes else None
                         parts = quantize_linear_tensors(read(key), bias, config, weight_ranges_method)
                         for suffix, t in parts.items():
-                            writer.write(f"{owner}.{suffix}", t)
+                            if calibrate is None or suffix not in CLIP_SUFFIXES:
+                                writer.write(f"{owner}.{suffix}", t)
+                        if calibrate is not None:
+                            k = skeleton.get_submodule(owner).in_features
+                            layer = PackedQuantLinear.from_tensors(parts, k, config, ctx)
+                            skeleton.set_submodule(owner, layer)
                         del parts, bias
                     else:
-                        t = read(key)
-                        writer.write(key, t.to(specs[key][0]).contiguous())
+                        t = read(key).to(specs[key][0]).contiguous()
+                        writer.write(key, t)
+                        if calibrate is not None:
+                            assign_tensor(skeleton, key, t)
                 # The unit's shard pages stay mapped (and in RSS) until released, and glibc keeps
                 # freed layer-sized blocks in its heap unless trimmed: both would grow with depth.
                 folder.release()
                 trim_heap()
+            if calibrate is not None:
+                _calibrate_and_write_clips(QuantizedWan(skeleton, config, ctx).eval(), calibrate, folder, writer)
             writer.close()
         except BaseException:
             writer.abort()
             raise
     return out
+
+
+def _calibrate_and_write_clips(
+    qmodel: QuantizedWan,
+    forward_loop: Callable[[QuantizedWan], Any],
+    folder: DiffusersFolder,
+    writer: StreamingSafetensorsWriter,
+) -> None:
+    if calibrate_act_clips_loop(qmodel, forward_loop, reference_weight=FolderWeights(folder)) == 0:
+        raise ValueError("the calibration loop never called the model: no activation was calibrated")
+    folder.release()
+    for name, layer in qmodel.quant_linears().items():
+        for suffix in CLIP_SUFFIXES:
+            writer.write(f"{name}.{suffix}", getattr(layer, suffix).detach().float().contiguous())

@@ -241,3 +241,58 @@ def test_stream_writer_matches_save_file(tmp_path):
         w.write("a", torch.zeros(3))
     with pytest.raises(ValueError, match="never written"):
         w.close()
+
+
+def _calibration_loop(model_config):
+    """A short CFG sampling run, the loop ``qvgen-quantize --calib-embeds`` runs."""
+    from qvgen_export.runtime.sampler import sample_video
+
+    g = torch.Generator().manual_seed(3)
+    pe = torch.randn(1, 4, int(model_config.text_dim), generator=g)
+    ne = torch.zeros_like(pe)
+    shape = (int(model_config.in_channels), 2, 8, 8)
+
+    def loop(m):
+        sample_video(m, pe, ne, latent_shape=shape, num_steps=3, progress=False)
+
+    return loop
+
+
+@pytest.mark.parametrize("scheme", ["w4a4", "w3a3"])
+def test_streaming_calibrated_ptq_equals_whole_model_calibration(tmp_path, wan_folder, scheme):
+    from qvgen_export.quant.ptq import calibrate_act_clips_loop
+
+    cfg = QuantConfig.preset(scheme)
+    whole = ptq_quantize(load_diffusers_transformer(wan_folder), cfg, progress=False, weight_ranges_method="mse-fast")
+    loop = _calibration_loop(whole.config)
+    assert calibrate_act_clips_loop(whole, loop) > 0
+    a = save_checkpoint(whole, tmp_path / "whole.safetensors", extra={"method": "ptq", "calibration": "x"})
+    extra = {"method": "ptq", "calibration": "x"}
+    b = ptq_quantize_folder(wan_folder, tmp_path / "stream.safetensors", cfg, "mse-fast", extra=extra, calibrate=loop)
+    (ha, da), (hb, db) = _split(a), _split(b)
+    assert ha == hb
+    assert da == db
+    # the calibration moved clips away from the initial value (else the comparison proves little)
+    plain = ptq_quantize_folder(wan_folder, tmp_path / "plain.safetensors", cfg, "mse-fast", extra=extra)
+    assert _split(plain)[1] != db
+    model, _ = load_quantized_model(b)
+    clips = torch.stack([m.clip_upper for m in model.quant_linears().values()])
+    assert len(set(clips.flatten().tolist())) > 1
+
+
+def test_calibration_needs_a_float_reference_for_packed_layers(w4a4_ckpt):
+    from qvgen_export.quant.ptq import calibrate_act_clips_loop
+
+    model, _ = load_quantized_model(w4a4_ckpt)
+    with pytest.raises(ValueError, match="packed codes, no float weight"):
+        calibrate_act_clips_loop(model, lambda m: None)
+
+
+def test_streaming_calibration_that_never_runs_the_model_fails_and_leaves_nothing(tmp_path, wan_folder):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match="never called the model"):
+        ptq_quantize_folder(
+            wan_folder, out / "q.safetensors", QuantConfig.preset("w4a4"), "minmax", calibrate=lambda m: None
+        )
+    assert list(out.iterdir()) == []
