@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stages import child, make_folder, ptq_folder, run_stage
+from stages import child, make_folder, ptq_calibrated, ptq_folder, run_stage
 
 HERE = Path(__file__).resolve().parent
 
@@ -198,6 +198,7 @@ def _ort(args: dict[str, Any]) -> dict[str, Any]:
 STAGES = {
     "make": make_folder,
     "ptq": ptq_folder,
+    "ptq_calib": ptq_calibrated,
     "export": _export,
     "torch_export": _torch_export,
     "equivalence": _equivalence,
@@ -244,6 +245,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--equivalence", action="store_true", help="also export each target directly (whole model) and compare"
     )
+    ap.add_argument(
+        "--calib",
+        default="",
+        choices=("", "stream", "both"),
+        help="also run calibrated PTQ (qvgen-quantize --calib-embeds): stream = the streaming path, "
+        "both = and the former whole-model path, for comparison",
+    )
+    ap.add_argument("--calib-shape", default="1x8x8", help="latent FxHxW of the calibration run")
+    ap.add_argument("--calib-steps", type=int, default=2, help="sampling steps of the calibration run")
+    ap.add_argument("--no-ptq", action="store_true", help="skip the calibration-free PTQ (with --calib and no targets)")
     ap.add_argument("--work", type=Path, default=Path("artifacts/bench_scale"))
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_scale_wan1_3b.json")
     a = ap.parse_args(argv)
@@ -264,6 +275,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.config}, {blocks} blocks:", flush=True)
         run: dict[str, Any] = {"make": _run("make", config=a.config, blocks=blocks, folder=folder)}
         run["bf16_bytes"] = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+        calib = {"calib_shape": a.calib_shape, "calib_steps": a.calib_steps, "ranges": a.ranges, "threads": a.threads}
+        for variant in {"": [], "stream": ["stream"], "both": ["stream", "whole"]}[a.calib]:
+            out = a.work / f"{tag}_w4a4_calib_{variant}.safetensors"
+            run[f"ptq_calib_{variant}"] = _run("ptq_calib", folder=folder, ckpt=out, whole=variant == "whole", **calib)
+            run[f"ptq_calib_{variant}"]["ckpt_bytes"] = out.stat().st_size
+            out.unlink()
+        if a.no_ptq:
+            shutil.rmtree(folder, ignore_errors=True)
+            result["runs"][str(blocks)] = run
+            continue
         run["ptq"] = _run("ptq", folder=folder, ckpt=ckpt, ranges=a.ranges, threads=a.threads)
         run["ckpt_bytes"] = ckpt.stat().st_size
         run["size_ratio"] = run["ckpt_bytes"] / run["bf16_bytes"]

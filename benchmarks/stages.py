@@ -79,3 +79,52 @@ def ptq_folder(args: dict[str, Any]) -> dict[str, Any]:
 
     ptq_quantize_folder(args["folder"], args["ckpt"], QuantConfig.preset("w4a4"), args["ranges"])
     return {}
+
+
+def _calib_embeds(folder: Path, path: Path) -> None:
+    """Seeded random prompt embeddings of the folder's text width (UMT5's [1, L, 4096] for Wan)."""
+    import torch
+    from safetensors.torch import save_file
+
+    width = int(json.loads((folder / "config.json").read_text())["text_dim"])
+    g = torch.Generator().manual_seed(0)
+    pe = torch.randn(1, 16, width, generator=g)
+    save_file({"prompt_embeds": pe, "negative_prompt_embeds": torch.zeros_like(pe)}, str(path))
+
+
+def ptq_calibrated(args: dict[str, Any]) -> dict[str, Any]:
+    """Stage ``ptq_calib``: ``qvgen-quantize --calib-embeds`` on ``folder`` (streaming, the packed
+    model runs the calibration); with ``whole`` the path it replaced, measured for comparison:
+    the float32 model loaded whole, ``ptq_quantize`` in place, clips calibrated, saved."""
+    from qvgen_export import QuantConfig
+
+    folder, ckpt = Path(args["folder"]), Path(args["ckpt"])
+    embeds = ckpt.with_name(ckpt.stem + "_embeds.safetensors")
+    _calib_embeds(folder, embeds)
+    frames, height, width = (int(v) for v in args["calib_shape"].split("x"))
+    steps = int(args["calib_steps"])
+    if not args.get("whole"):
+        from qvgen_export.cli.quantize import main as quantize_main
+
+        argv = ["--model", str(folder), "--out", str(ckpt), "--quiet", "--ranges", args["ranges"]]
+        argv += ["--calib-embeds", str(embeds), "--calib-steps", str(steps)]
+        argv += ["--calib-frames", str(frames), "--calib-height", str(height), "--calib-width", str(width)]
+        rc = quantize_main(argv)
+        if rc != 0:
+            raise RuntimeError(f"qvgen-quantize exited {rc}")
+        return {}
+    from qvgen_export.checkpoint import save_checkpoint
+    from qvgen_export.models.wan import load_diffusers_transformer
+    from qvgen_export.quant.ptq import calibrate_act_clips_loop, ptq_quantize
+    from qvgen_export.runtime.prompts import load_prompt_embeds
+    from qvgen_export.runtime.sampler import sample_video
+
+    pe, ne = load_prompt_embeds(embeds)
+    model = load_diffusers_transformer(folder)
+    qmodel = ptq_quantize(model, QuantConfig.preset("w4a4"), progress=False, weight_ranges_method=args["ranges"])
+    shape = (int(model.config.in_channels), frames, height, width)
+    calibrate_act_clips_loop(
+        qmodel, lambda m: sample_video(m, pe, ne, latent_shape=shape, num_steps=steps, progress=False)
+    )
+    save_checkpoint(qmodel, ckpt, extra={"method": "ptq"})
+    return {}
