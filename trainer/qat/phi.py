@@ -111,8 +111,7 @@ def attach_phis(layers: dict[str, QuantLinear], rank: int | Callable[[QuantLinea
     phis: dict[str, Phi] = {}
     for name, layer in layers.items():
         phi = Phi(layer.out_features, layer.in_features, rank(layer) if callable(rank) else rank)
-        with torch.no_grad():
-            phi.init_from_error(layer.weight.float() - layer.quantized_weight().float())
+        phi.init_from_error(quant_error(layer))
         # object.__setattr__: a plain attribute, so Phi does not become a submodule of the layer (it
         # must stay out of the quantized model's state_dict); calling it runs Phi.forward.
         object.__setattr__(layer, "weight_delta", phi)
@@ -124,6 +123,24 @@ def detach_phis(layers: dict[str, QuantLinear]) -> None:
     """Remove every Phi hook: the layers compute plain ``Qa(x) @ Qw(W)^T + b`` again."""
     for layer in layers.values():
         layer.weight_delta = None
+
+
+@torch.no_grad()
+def quant_error(layer: QuantLinear) -> torch.Tensor:
+    """``E = W - Qw(W)`` (fp32, detached): what Phi is initialised from."""
+    return layer.weight.detach().float() - layer.quantized_weight().detach().float()
+
+
+@torch.no_grad()
+def error_spectrum(layer: QuantLinear) -> torch.Tensor:
+    """Singular values of ``W - Qw(W)``, descending (all ``min(N, K)`` of them)."""
+    return torch.linalg.svdvals(quant_error(layer))
+
+
+def rank_energy_share(s: torch.Tensor, rank: int = 32) -> float:
+    """Share of the energy (sum of sigma^2) in the top ``rank`` singular values of ``s`` (descending)."""
+    total = float((s.double() ** 2).sum())
+    return float((s[:rank].double() ** 2).sum()) / total if total > 0 else 0.0
 
 
 def small_singular_share(s: torch.Tensor, ratio: float = 14.0) -> float:
