@@ -4,6 +4,7 @@ PTQ, several training seeds per (method, scheme), ranked by the teacher-forced e
     python benchmarks/bench_qat.py --jobs 2                       # the default table (see below)
     python benchmarks/bench_qat.py --jobs 2 --steps 90 --seeds 0,1,2 --methods qvgen,qdm,lsq,qdm:cfg
     python benchmarks/bench_qat.py --smoke                        # proves the pipeline; not a result
+    python benchmarks/bench_qat.py --jobs 2 --channel-spread      # on the representative testbed
     python benchmarks/bench_qat.py --merge-only --out DIR         # table from whatever runs finished
 
 Design (issue 15):
@@ -22,6 +23,10 @@ Design (issue 15):
   uncond / guided terms) at *half* the global batch: each sample then runs both branches, so the
   forward/backward samples per step, and the steps, equal the plain variant's (compute-matched).
 - PTQ (MSE init + clips calibrated at the sampler's timesteps) is deterministic: one row, no seed.
+- ``--channel-spread``: the representative testbed (``qvgen_tinyworld.channel_spread``): the
+  teacher's attention V/O pairs carry a function-preserving output-channel range spread, so
+  ``W - Qw(W)`` has a steep spectrum like real DiT layers (docs/qat-trainer.md); the reference
+  trajectory, PTQ and every student use that teacher.
 - Optional secondary: ``--videos`` samples every model and adds PSNR/SSIM vs the float videos
   (the harness's ``compare_models``; slow).
 
@@ -90,6 +95,10 @@ def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
     from qvgen_tinyworld.teacher import latent_shape, load_teacher
 
     teacher, te, info = load_teacher()
+    if args.channel_spread:  # the reference, PTQ and every student use the spread teacher
+        from qvgen_tinyworld.channel_spread import apply_channel_spread
+
+        apply_channel_spread(teacher)
     shape = latent_shape(info)
     prompts = DEFAULT_PROMPTS[: args.eval_prompts]
     seeds = tuple(int(s) for s in args.eval_seeds.split(","))
@@ -140,6 +149,7 @@ def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
                 phi_rank=args.phi_rank,
                 phi_rank_frac=args.phi_rank_frac,
                 lr_min_frac=args.lr_min_frac,
+                channel_spread=args.channel_spread,
                 out_dir=str(run_dir),
                 save_every=args.steps,
                 keep_states=1,
@@ -297,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--phi-rank", type=int, default=32)
     ap.add_argument("--phi-rank-frac", type=float, default=None)
     ap.add_argument("--lr-min-frac", type=float, default=0.0)
+    ap.add_argument(
+        "--channel-spread", action="store_true", help="the representative testbed: teacher with its V/O channel spread"
+    )
     ap.add_argument("--cfg-weights", default="1,1,0.0625", help="cond,uncond,guided weights of METHOD:cfg")
     ap.add_argument("--eval-prompts", type=int, default=None, help="first N harness prompts (default 6; smoke 2)")
     ap.add_argument("--eval-seeds", default="0,1", help="noise seeds of the reference trajectories")
@@ -334,10 +347,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_scheme(args, args.part, out / f"part-{args.part}")
     settings = {
         k: getattr(args, k)
-        for k in ("steps", "batch_size", "phi_rank", "phi_rank_frac", "lr_min_frac", "cfg_weights")
+        for k in ("steps", "batch_size", "phi_rank", "phi_rank_frac", "lr_min_frac", "channel_spread", "cfg_weights")
         + ("eval_prompts", "eval_seeds", "sample_steps", "smoke", "threads", "jobs")
     }
     settings.update(schemes=schemes, methods=args.method_list, seeds=args.seed_list, guidance_scale=4.0)
+    if args.channel_spread:
+        from qvgen_tinyworld.channel_spread import ChannelSpread
+
+        settings["channel_spread_spec"] = ChannelSpread().to_dict()
     settings["command"] = "python benchmarks/bench_qat.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results = Path(args.results) if args.results else None
     if args.merge_only:

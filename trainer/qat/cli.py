@@ -44,6 +44,7 @@ HELP: dict[str, str] = {
     "final_phase_frac": "share of steps trained with Phi already removed",
     "lora_rank": "LoRA rank (efficientdm)",
     "teacher": "'tiny' (embedded asset), 'random' (dev only) or a local diffusers Wan folder",
+    "channel_spread": "teacher with the function-preserving V/O channel-range spread (representative testbed)",
     "data": "'tiny' (procedural clips) or a latent-cache folder (python -m qvgen_trainer.qat.cache)",
     "video_frames": "tiny data: clip frames",
     "video_height": "tiny data: clip height",

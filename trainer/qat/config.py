@@ -75,6 +75,11 @@ class TrainConfig:
         "tiny"  # "tiny" (embedded asset), "random" (random-init TEACHER_CONFIG, dev only) or a diffusers folder
     )
     model_config: dict[str, Any] | None = None  # only with teacher="random": overrides TEACHER_CONFIG (tests)
+    # The representative testbed: the teacher's attention V/O pairs carry a function-preserving
+    # spread of output-channel ranges (qvgen_tinyworld.channel_spread, default ChannelSpread), so
+    # W - Qw(W) has the steep spectrum of real DiT layers. The float teacher (distillation target)
+    # is the reparametrised one too: same function, weights that correspond to the student's.
+    channel_spread: bool = False
     data: str = "tiny"  # "tiny" (procedural generator) or a latent-cache folder (cache.py)
     video_frames: int = 8  # tiny data only: clip geometry (must match the teacher's training geometry)
     video_height: int = 32

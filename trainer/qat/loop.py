@@ -58,23 +58,45 @@ def lr_factor(step: int, total: int, warmup_frac: float, min_frac: float = 0.0) 
 
 
 def load_teacher_model(cfg: TrainConfig) -> tuple[nn.Module, Any]:
-    """``(float teacher, text encoder or None)`` as ``cfg.teacher`` names it."""
+    """``(float teacher, text encoder or None)`` as ``cfg.teacher`` names it (with its channel
+    spread when ``cfg.channel_spread``)."""
     from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
+    te: Any = None
     if cfg.teacher == "tiny":
         from qvgen_tinyworld.teacher import load_teacher
 
         model, te, _info = load_teacher()
-        return model, te
-    if cfg.teacher == "random":
+    elif cfg.teacher == "random":
         from qvgen_export.models.wan import build_wan
         from qvgen_tinyworld.teacher import TEACHER_CONFIG
 
         conf = dict(cfg.model_config or TEACHER_CONFIG)
-        return build_wan(conf, seed=0), TinyTextEncoder(TextEncoderConfig(dim=int(conf["text_dim"])))
-    from qvgen_export.models.wan import load_diffusers_transformer
+        model, te = build_wan(conf, seed=0), TinyTextEncoder(TextEncoderConfig(dim=int(conf["text_dim"])))
+    else:
+        from qvgen_export.models.wan import load_diffusers_transformer
 
-    return load_diffusers_transformer(cfg.teacher), None
+        model = load_diffusers_transformer(cfg.teacher)
+    return spread_teacher(model, cfg), te
+
+
+def spread_teacher(teacher: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``teacher`` as ``cfg.channel_spread`` wants it: a spread copy if it has no spread yet.
+
+    Raises ``ValueError`` for a teacher that carries a spread the config does not ask for (the
+    run's record would not say that its student was quantized from a reparametrised model).
+    """
+    from qvgen_tinyworld.channel_spread import apply_channel_spread, channel_spread_of
+
+    has = channel_spread_of(teacher) is not None
+    if has and not cfg.channel_spread:
+        raise ValueError("the teacher carries a channel spread but channel_spread is off")
+    if cfg.channel_spread and not has:
+        import copy
+
+        teacher = copy.deepcopy(teacher)
+        apply_channel_spread(teacher)
+    return teacher
 
 
 def make_optimizer(student: Student, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -134,6 +156,9 @@ _RUN_MANAGEMENT = {"out_dir", "save_every", "keep_states", "log_every", "threads
 
 def _check_resumable(path: Path, saved: dict[str, Any], cfg: TrainConfig) -> None:
     now = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as the saved JSON has them
+    # A key the saved run does not have (added to TrainConfig later) had its default value then.
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))
+    saved = {**defaults, **saved}
     diff = sorted(k for k in now if k not in _RUN_MANAGEMENT and saved.get(k) != now[k])
     if diff:
         k = diff[0]
@@ -172,7 +197,8 @@ def train(
 
     Args:
         teacher, text_encoder: an already-loaded float teacher (it is not modified) and its text
-            encoder; loaded from ``cfg.teacher`` when None.
+            encoder; loaded from ``cfg.teacher`` when None. With ``cfg.channel_spread`` a teacher
+            without a spread is spread on a copy (``TrainResult.teacher`` is that copy).
         env: the distributed environment; from torchrun's variables when None.
 
     Returns:
@@ -189,6 +215,8 @@ def train(
     if teacher is None:
         teacher, loaded_te = load_teacher_model(cfg)
         text_encoder = text_encoder if text_encoder is not None else loaded_te
+    else:
+        teacher = spread_teacher(teacher, cfg)
     spec = SPECS[cfg.method]
     qcfg = cfg.quant_config()
     sched = cfg.rank_decay() if spec.rank_decay else None
@@ -239,6 +267,12 @@ def train(
             log.write(json.dumps(rec) + "\n")
             log.flush()
 
+    if start == 0 and cfg.channel_spread:
+        from qvgen_tinyworld.channel_spread import channel_spread_of
+
+        ev = {"event": "channel_spread", "step": 0, **(channel_spread_of(teacher) or {})}
+        events.append(ev)
+        emit(ev)
     if start == 0 and spectra:
         shares = [small_singular_share(s[: cfg.phi_rank]) for s in spectra.values()]
         ev = {"event": "phi_init", "step": 0, "rank": cfg.phi_rank, "small_sv_share": sum(shares) / len(shares)}
