@@ -143,6 +143,10 @@ class StreamingSafetensorsWriter:
             self._f.write(data)
         self._written.add(name)
 
+    def flush(self) -> None:
+        """Push what was written to the file, so that a reader of the (incomplete) file sees it."""
+        self._f.flush()
+
     def close(self) -> None:
         """Flush and close; raises if a declared tensor was never written."""
         missing = [k for k in self._specs if k not in self._written]

@@ -8,23 +8,28 @@ widest layer, not by depth. The output is the same file :func:`save_checkpoint` 
 written in one pass to a temp file that is renamed onto ``out_ckpt`` only when complete.
 
 With ``calibrate`` (a forward loop, e.g. a short sampling run) the activation clips are
-calibrated too, without a float model: each quantized layer is also kept as the packed layer the
-checkpoint loader would build (codes, scales, zero points: about the checkpoint's size, 0.25x
-bf16), the float tensors beside them, the loop runs that packed model (the same bits as the
-whole-model path's fake-quant forward), and each layer's float reference weight is read from the
-folder per call and dropped. The clip tensors are written last, so the file is still written
-once. The result equals ``ptq_quantize`` + ``calibrate_act_clips_loop`` on the whole float model,
-bit for bit (tested).
+calibrated too, without a float model. The loop runs the packed quantized model (the layers the
+checkpoint loader builds; the same bits as the whole-model path's fake-quant forward), streamed
+block by block: a transformer block's packed codes are read back from the output file (written
+and flushed, only the clip tensors still missing) when the block starts and dropped when it
+ends (:class:`BlockCodes`), and each layer's float reference weight is read from the folder per
+call and dropped (:class:`FolderWeights`). Resident: the scales, zero points, clip logits and
+biases, the float tensors (norms, embedders), the codes of layers outside the blocks, and the
+run's activations; so peak memory stays flat with depth. The clip tensors are written last, so
+the file is still written once. The result equals ``ptq_quantize`` +
+``calibrate_act_clips_loop`` on the whole float model, bit for bit (tested).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from qvgen_export.checkpoint.format import DIGEST_KEY, checkpoint_metadata, trim_heap
 from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter
@@ -34,6 +39,7 @@ from qvgen_export.quant.packing import pack_codes, packed_shape
 from qvgen_export.quant.ptq import calibrate_act_clips_loop
 from qvgen_export.quant.range_search import WEIGHT_RANGES, weight_ranges
 from qvgen_export.utils.atomic import atomic_file, ensure_writable_dir
+from qvgen_export.utils.lazy_safetensors import LazySafetensors
 from qvgen_export.utils.meta_init import assign_tensor
 
 if TYPE_CHECKING:
@@ -67,6 +73,57 @@ def _unit(key: str) -> str:
     """The streaming unit of a tensor: ``blocks.<i>`` for block tensors, else its top module."""
     parts = key.split(".")
     return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+
+
+class BlockCodes:
+    """Forward hooks holding a transformer block's packed codes only while the block runs.
+
+    The codes come from the output file being written (``path``, flushed before the run): read
+    when ``blocks.<i>`` starts, replaced by meta tensors when it ends, the file unmapped. Layers
+    outside the blocks keep their codes (a few small linears).
+    """
+
+    def __init__(self, path: Path, transformer: nn.Module, names: list[str]) -> None:
+        self.transformer = transformer
+        self.path = path
+        self.by_block: dict[str, list[str]] = {}
+        for name in names:
+            if self.streams(name):
+                self.by_block.setdefault(_unit(name), []).append(name)
+        self._file: LazySafetensors | None = None
+        self._handles: list[Any] = []
+
+    @staticmethod
+    def streams(name: str) -> bool:
+        return name.startswith("blocks.")
+
+    @staticmethod
+    def drop(layer: PackedQuantLinear) -> None:
+        layer.qweight = torch.empty(layer.qweight.shape, dtype=torch.uint8, device="meta")
+
+    def _load(self, names: list[str], *_: Any) -> None:
+        if self._file is None:
+            self._file = LazySafetensors(self.path)
+        for name in names:
+            self.transformer.get_submodule(name).qweight = self._file.get(f"{name}.qweight")
+
+    def _unload(self, names: list[str], *_: Any) -> None:
+        for name in names:
+            self.drop(self.transformer.get_submodule(name))
+        if self._file is not None:
+            self._file.close()  # unmap: the pages read count in RSS while mapped
+
+    def __enter__(self) -> None:
+        for unit, names in self.by_block.items():
+            block = self.transformer.get_submodule(unit)
+            self._handles.append(block.register_forward_pre_hook(functools.partial(self._load, names)))
+            hook = functools.partial(self._unload, names)
+            self._handles.append(block.register_forward_hook(hook, always_call=True))
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
 
 
 def quantize_linear_tensors(
@@ -191,6 +248,8 @@ def ptq_quantize_folder(
                         if calibrate is not None:
                             k = skeleton.get_submodule(owner).in_features
                             layer = PackedQuantLinear.from_tensors(parts, k, config, ctx)
+                            if BlockCodes.streams(owner):
+                                BlockCodes.drop(layer)  # read back from the file while its block runs
                             skeleton.set_submodule(owner, layer)
                         del parts, bias
                     else:
@@ -203,7 +262,10 @@ def ptq_quantize_folder(
                 folder.release()
                 trim_heap()
             if calibrate is not None:
-                _calibrate_and_write_clips(QuantizedWan(skeleton, config, ctx).eval(), calibrate, folder, writer)
+                writer.flush()
+                with BlockCodes(tmp, skeleton, names):
+                    qmodel = QuantizedWan(skeleton, config, ctx).eval()
+                    _calibrate_and_write_clips(qmodel, calibrate, folder, writer)
             writer.close()
         except BaseException:
             writer.abort()

@@ -296,3 +296,33 @@ def test_streaming_calibration_that_never_runs_the_model_fails_and_leaves_nothin
             wan_folder, out / "q.safetensors", QuantConfig.preset("w4a4"), "minmax", calibrate=lambda m: None
         )
     assert list(out.iterdir()) == []
+
+
+def test_streaming_calibration_holds_one_block_of_codes_at_a_time(tmp_path, wan_folder):
+    """Between blocks no block's packed codes are in memory; inside a block only its own are."""
+    seen = {"calls": 0, "resident": []}
+
+    def loop(m):
+        blocks = m.transformer.blocks
+        resident = lambda: [i for i, b in enumerate(blocks) if not b.attn1.to_q.qweight.is_meta]  # noqa: E731
+
+        def inside(i):
+            def hook(mod, args):
+                seen["resident"].append((i, resident()))
+
+            return hook
+
+        handles = [b.register_forward_pre_hook(inside(i)) for i, b in enumerate(blocks)]
+        try:
+            assert resident() == []
+            _calibration_loop(m.config)(m)
+            seen["calls"] += 1
+            assert resident() == []
+        finally:
+            for h in handles:
+                h.remove()
+
+    ptq_quantize_folder(wan_folder, tmp_path / "q.safetensors", QuantConfig.preset("w4a4"), "minmax", calibrate=loop)
+    assert seen["calls"] == 1 and seen["resident"]
+    # the user's pre-hook runs after BlockCodes' (registered first): the block's own codes only
+    assert all(r == [i] for i, r in seen["resident"])
