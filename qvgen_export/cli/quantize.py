@@ -7,9 +7,9 @@ memory: the widest layer, so Wan 14B quantizes on a laptop); the result is the Q
 initialisation: weight ranges by MSE search (or min/max), activation clips at their initial
 value. With --calib-embeds (saved UMT5 embeddings) or --calib-prompts (encoded by the folder's
 own text_encoder/ and tokenizer/, needs transformers) the activation clips are also calibrated
-per timestep group on a short sampling run of the packed quantized model (memory: about the
-checkpoint's size, 0.25x bf16, plus the run's activations; the float weights are read from disk
-as each layer is scored, never held).
+per timestep group on a short sampling run of the packed quantized model, still streaming (one
+block's codes at a time, read back from the output file, plus the run's activations; the float
+weights are read from disk as each layer is scored, never held).
 
 examples:
   qvgen-quantize --model Wan2.1-T2V-1.3B-Diffusers --out wan13b_w4a4.safetensors
