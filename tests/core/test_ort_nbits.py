@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from qvgen_export import QuantConfig
-from qvgen_export.checkpoint import load_quantized_model, save_checkpoint
+from qvgen_export.checkpoint import load_quantized_model
 from qvgen_export.export.nbits_lowering import NbitsQuantLinear, block_size
-from qvgen_export.export.onnx_export import export_onnx, quantized_layer_nodes
-from qvgen_export.export.pipeline import ORT_SESSION_CONFIG, export_checkpoint
+from qvgen_export.export.onnx_export import quantized_layer_nodes
+from qvgen_export.export.pipeline import ORT_SESSION_CONFIG
 from qvgen_export.models.wan import TINY_WAN_CONFIG, build_wan
 from qvgen_export.parity.layers import LAYER_TOLERANCE, check_layers
 from qvgen_export.parity.sides import Side, parse_side
@@ -178,50 +178,39 @@ def test_nbits_end_to_end_equals_qdq(w4a4_export, qdq_export, w4a4_ckpt):
 # -- linears without a block size keep the QDQ form; block stitching ---------------------------------
 
 
-MIXED_TEXT_DIM = 512
-
-
-@pytest.fixture(scope="module")
-def mixed_ckpt(tmp_path_factory):
-    """4 blocks whose ffn.net.2 has K = 200 (no power-of-two block >= 16): those stay QDQ; the text
-    embedder's first linear has K = 512 (two blocks of 256, per-channel scales repeated)."""
-    cfg = {**TINY_WAN_CONFIG, "num_layers": 4, "ffn_dim": 200, "text_dim": MIXED_TEXT_DIM}
-    q = ptq_quantize(build_wan(cfg, seed=5), QuantConfig.preset("w4a4"), progress=False)
-    with torch.no_grad():
-        for i, layer in enumerate(q.quant_linears().values()):
-            layer.clip_upper.add_(0.01 * i)
-    return save_checkpoint(q, tmp_path_factory.mktemp("mixed") / "mixed.safetensors")
-
-
-def _stitched_and_direct(ckpt, tmp_path, spec, text_dim=64):  # type: ignore[no-untyped-def]
-    stitched = tmp_path / "stitched"
-    fields = export_checkpoint(ckpt, stitched, target=spec)
-    model, _ = load_quantized_model(ckpt)
-    (tmp_path / "direct").mkdir()
-    direct = export_onnx(model, tmp_path / "direct", target=spec).onnx_path
-    a, b = onnx.load(str(stitched / "model.onnx")), onnx.load(str(direct))
+def _check_stitched_equals_direct(pair, text_dim):  # type: ignore[no-untyped-def]
+    """conftest's stitched and direct exports: same ops, same weights, same ORT outputs, PyTorch's."""
+    a, b = onnx.load(str(pair.stitched / "model.onnx")), onnx.load(str(pair.direct))
     assert Counter(n.op_type for n in a.graph.node) == Counter(n.op_type for n in b.graph.node)
     names = {i.name for i in a.graph.initializer if i.name.startswith("model.")}
     assert names == {i.name for i in b.graph.initializer if i.name.startswith("model.")}
     feed = _feed(2, text_dim)
-    y_stitched, y_direct = _run(stitched / "model.onnx", feed), _run(direct, feed)
+    y_stitched, y_direct = _run(pair.stitched / "model.onnx", feed), _run(pair.direct, feed)
     np.testing.assert_array_equal(y_stitched, y_direct)
-    y_torch = _torch(model, feed)
+    y_torch = _torch(pair.model, feed)
     assert np.abs(y_stitched - y_torch).max() <= 1e-4 * np.abs(y_torch).max()
-    return fields, a, model
+    return a
 
 
-def test_mixed_forms_stitched_equals_direct(mixed_ckpt, tmp_path):
-    """Per-layer parity of both forms is test_nbits_layers_match_pytorch_and_qdq's (and the demo's);
-    here the whole mixed graph, stitched and direct, against each other and PyTorch."""
-    fields, graph, _ = _stitched_and_direct(mixed_ckpt, tmp_path, "onnx", MIXED_TEXT_DIM)
-    assert fields["weight_form"] == "nbits" and fields["num_quantized_linears"] == 5 + 4 * 10 + 1
+def test_mixed_forms_stitched_equals_direct(stitched_and_direct):
+    """conftest's ``stitch_ckpt``: 5 blocks whose ffn.net.2 has K = 200 (no power-of-two block
+    >= 16): those stay QDQ; the text embedder's first linear has K = 512 (two blocks of 256,
+    per-channel scales repeated). Per-layer parity of both forms is
+    test_nbits_layers_match_pytorch_and_qdq's (and the demo's); here the whole mixed graph,
+    stitched and direct, against each other and PyTorch."""
+    pair = stitched_and_direct("onnx")
+    num_blocks, text_dim = pair.model.config.num_layers, pair.model.config.text_dim
+    assert (num_blocks, text_dim) == (5, 512)
+    graph = _check_stitched_equals_direct(pair, text_dim)
+    fields = pair.fields
+    assert fields["weight_form"] == "nbits" and fields["num_quantized_linears"] == 5 + 5 * 10 + 1
     ops = Counter(n.op_type for n in graph.graph.node)
-    assert ops["MatMulNBits"] == fields["num_quant_nodes"] == 46 - 4
+    assert ops["MatMulNBits"] == fields["num_quant_nodes"] == 56 - 5
     kept = [i.name for i in graph.graph.initializer if i.data_type == onnx.TensorProto.UINT4 and len(i.dims) == 2]
-    assert sorted(kept) == [f"model.transformer.blocks.{b}.ffn.net.2.codes_t_u4" for b in range(4)]
+    assert sorted(kept) == [f"model.transformer.blocks.{b}.ffn.net.2.codes_t_u4" for b in range(num_blocks)]
     # blocks 3.. are instantiated from the template: their MatMulNBits weights come from the file
-    assert any(i.name == "model.transformer.blocks.3.attn1.to_q.nbits_b" for i in graph.graph.initializer)
+    inits = {i.name for i in graph.graph.initializer}
+    assert {f"model.transformer.blocks.{b}.attn1.to_q.nbits_b" for b in (3, 4)} <= inits
     nbits = {n.input[1]: n for n in graph.graph.node if n.op_type == "MatMulNBits"}
     k512 = nbits["model.transformer.condition_embedder.text_embedder.linear_1.nbits_b"]
     assert {a.name: onnx.helper.get_attribute_value(a) for a in k512.attribute}["block_size"] == 256
