@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -135,32 +136,95 @@ def _complete_or_absent(out: Path) -> None:
         verify_manifest(out)  # a final name is only ever a complete, hash-checked folder
 
 
-@pytest.mark.parametrize("point", ["tmp-created", "model-written", "late"])
-def test_sigkilled_export_leaves_nothing_after_next_run(tmp_path, w4a4_ckpt, point):
-    out = tmp_path / "exp"
+KILL_POINTS = ("tmp-created", "model-written", "late")
+
+
+def _temps_of(folder: Path, pid: int) -> list[str]:
+    """``leftovers`` of one process (``.NAME.qvgen-tmp-HOST-PID-RAND``)."""
+    return [n for n in leftovers(folder) if n.rsplit("-", 2)[-2] == str(pid)]
+
+
+@dataclass
+class _Killed:
+    pid: int
+    killed: bool
+    final_name_error: str | None  # _complete_or_absent(out) right after the kill, if it failed
+    left_after_next_run: list[str] | None = None  # this run's temps once the next run got past its start
+
+
+@dataclass
+class _KillChain:
+    points: dict[str, _Killed]
+    last_code: int | None  # exit code of the run that completed
+    last_stderr: str
+    leftovers: list[str]  # in the folder after the completing run
+    final_name_error: str | None  # _complete_or_absent(out) after it
+    out_is_dir: bool
+
+
+def _final_name_error(out: Path) -> str | None:
+    try:
+        _complete_or_absent(out)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture(scope="module")
+def sigkilled_exports(tmp_path_factory, w4a4_ckpt) -> _KillChain:
+    """Real exports into one folder, SIGKILLed at each point in turn, then one run to completion.
+
+    Each run is the *next run* of the one killed before it: by the time it reaches its own kill
+    point (or finishes) the killed run's temps must be gone. One export per point instead of a
+    killed one and a complete one per point; the last completing run is every point's final check.
+    """
+    work, logs = tmp_path_factory.mktemp("sigkill"), tmp_path_factory.mktemp("sigkill_logs")
+    out = work / "exp"
     cmd = [sys.executable, "-m", "qvgen_export.cli.export", "--ckpt", str(w4a4_ckpt), "--out", str(out), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    killed = False
-    while time.time() < deadline and proc.poll() is None:
-        temps = [tmp_path / n for n in leftovers(tmp_path)]
-        ready = bool(temps) and (
-            point == "tmp-created"
-            or (point == "model-written" and any((t / "model.onnx").exists() for t in temps))
-            or (point == "late" and any((t / "manifest.json").exists() for t in temps))
-        )
-        if ready:
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-            break
-        time.sleep(0.005)
-    proc.wait()
-    _complete_or_absent(out)
-    if not killed:
+    points: dict[str, _Killed] = {}
+    previous: _Killed | None = None
+    code: int | None = None
+    for point in KILL_POINTS:
+        # out exists only if a run before was not killed in time (it then finished): replace it
+        argv = [*cmd, "--overwrite"] if out.exists() else cmd
+        with (logs / f"{point}.err").open("w") as err:
+            proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 240
+        killed = False
+        while time.time() < deadline and proc.poll() is None:
+            temps = [work / n for n in _temps_of(work, proc.pid)]
+            ready = bool(temps) and (
+                point == "tmp-created"
+                or (point == "model-written" and any((t / "model.onnx").exists() for t in temps))
+                or (point == "late" and any((t / "manifest.json").exists() for t in temps))
+            )
+            if ready:
+                proc.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            time.sleep(0.005)
+        code = proc.wait()
+        if previous is not None:
+            previous.left_after_next_run = _temps_of(work, previous.pid)
+        previous = points[point] = _Killed(proc.pid, killed, _final_name_error(out))
+    stderr = (logs / f"{KILL_POINTS[-1]}.err").read_text()
+    if previous is not None and previous.killed:
+        rerun = subprocess.run([*cmd, "--overwrite"], env=env, capture_output=True, text=True, timeout=300, check=False)
+        code, stderr = rerun.returncode, rerun.stderr
+        previous.left_after_next_run = _temps_of(work, previous.pid)
+    return _KillChain(points, code, stderr, leftovers(work), _final_name_error(out), out.is_dir())
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkilled_export_leaves_nothing_after_next_run(sigkilled_exports, point):
+    chain = sigkilled_exports
+    run = chain.points[point]
+    assert run.final_name_error is None, run.final_name_error
+    if not run.killed:
         pytest.skip(f"the export finished before reaching {point}")
-    rerun = subprocess.run([*cmd, "--overwrite"], env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert rerun.returncode == 0, rerun.stderr
-    assert leftovers(tmp_path) == []
-    _complete_or_absent(out)
-    assert out.is_dir()
+    assert run.left_after_next_run == [], f"the next run left the killed run's {run.left_after_next_run}"
+    assert chain.last_code == 0, chain.last_stderr
+    assert chain.leftovers == []
+    assert chain.final_name_error is None, chain.final_name_error
+    assert chain.out_is_dir
