@@ -143,9 +143,25 @@ class StreamingSafetensorsWriter:
             self._f.write(data)
         self._written.add(name)
 
-    def flush(self) -> None:
-        """Push what was written to the file, so that a reader of the (incomplete) file sees it."""
+    def read_back(self, name: str) -> torch.Tensor:
+        """Tensor ``name``, already written, read back from the file into a fresh tensor (one
+        ``pread``: no mapping that would keep its pages in RSS, no header to parse)."""
+        if name not in self._written:
+            raise KeyError(f"{self.path}: tensor '{name}' was not written yet")
+        dt, shape = self._specs[name]
+        start, end = self._offsets[name]
         self._f.flush()
+        buf = bytearray(end - start)
+        if buf:
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                got = os.preadv(fd, [buf], self._data_start + start)
+            finally:
+                os.close(fd)
+            if got != len(buf):
+                raise OSError(f"{self.path}: short read of tensor '{name}' ({got} of {len(buf)} bytes)")
+            return torch.frombuffer(buf, dtype=dt).reshape(shape)
+        return torch.empty(shape, dtype=dt)
 
     def close(self) -> None:
         """Flush and close; raises if a declared tensor was never written."""

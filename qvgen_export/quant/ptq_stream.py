@@ -11,7 +11,7 @@ With ``calibrate`` (a forward loop, e.g. a short sampling run) the activation cl
 calibrated too, without a float model. The loop runs the packed quantized model (the layers the
 checkpoint loader builds; the same bits as the whole-model path's fake-quant forward), streamed
 block by block: a transformer block's packed codes are read back from the output file (written
-and flushed, only the clip tensors still missing) when the block starts and dropped when it
+and read back with one pread, only the clip tensors still missing) when the block starts and dropped when it
 ends (:class:`BlockCodes`), and each layer's float reference weight is read from the folder per
 call and dropped (:class:`FolderWeights`). Resident: the scales, zero points, clip logits and
 biases, the float tensors (norms, embedders), the codes of layers outside the blocks, and the
@@ -39,7 +39,6 @@ from qvgen_export.quant.packing import pack_codes, packed_shape
 from qvgen_export.quant.ptq import calibrate_act_clips_loop
 from qvgen_export.quant.range_search import WEIGHT_RANGES, weight_ranges
 from qvgen_export.utils.atomic import atomic_file, ensure_writable_dir
-from qvgen_export.utils.lazy_safetensors import LazySafetensors
 from qvgen_export.utils.meta_init import assign_tensor
 
 if TYPE_CHECKING:
@@ -78,19 +77,18 @@ def _unit(key: str) -> str:
 class BlockCodes:
     """Forward hooks holding a transformer block's packed codes only while the block runs.
 
-    The codes come from the output file being written (``path``, flushed before the run): read
-    when ``blocks.<i>`` starts, replaced by meta tensors when it ends, the file unmapped. Layers
-    outside the blocks keep their codes (a few small linears).
+    The codes come from the output file being written (``read``: the writer's ``read_back``):
+    read when ``blocks.<i>`` starts, replaced by meta tensors when it ends. Layers outside the
+    blocks keep their codes (a few small linears).
     """
 
-    def __init__(self, path: Path, transformer: nn.Module, names: list[str]) -> None:
+    def __init__(self, read: Callable[[str], torch.Tensor], transformer: nn.Module, names: list[str]) -> None:
         self.transformer = transformer
-        self.path = path
+        self.read = read
         self.by_block: dict[str, list[str]] = {}
         for name in names:
             if self.streams(name):
                 self.by_block.setdefault(_unit(name), []).append(name)
-        self._file: LazySafetensors | None = None
         self._handles: list[Any] = []
 
     @staticmethod
@@ -102,16 +100,12 @@ class BlockCodes:
         layer.qweight = torch.empty(layer.qweight.shape, dtype=torch.uint8, device="meta")
 
     def _load(self, names: list[str], *_: Any) -> None:
-        if self._file is None:
-            self._file = LazySafetensors(self.path)
         for name in names:
-            self.transformer.get_submodule(name).qweight = self._file.get(f"{name}.qweight")
+            self.transformer.get_submodule(name).qweight = self.read(f"{name}.qweight")
 
     def _unload(self, names: list[str], *_: Any) -> None:
         for name in names:
             self.drop(self.transformer.get_submodule(name))
-        if self._file is not None:
-            self._file.close()  # unmap: the pages read count in RSS while mapped
 
     def __enter__(self) -> None:
         for unit, names in self.by_block.items():
@@ -262,8 +256,7 @@ def ptq_quantize_folder(
                 folder.release()
                 trim_heap()
             if calibrate is not None:
-                writer.flush()
-                with BlockCodes(tmp, skeleton, names):
+                with BlockCodes(writer.read_back, skeleton, names):
                     qmodel = QuantizedWan(skeleton, config, ctx).eval()
                     _calibrate_and_write_clips(qmodel, calibrate, folder, writer)
             writer.close()

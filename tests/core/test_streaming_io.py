@@ -304,7 +304,7 @@ def test_streaming_calibration_holds_one_block_of_codes_at_a_time(tmp_path, wan_
 
     def loop(m):
         blocks = m.transformer.blocks
-        resident = lambda: [i for i, b in enumerate(blocks) if not b.attn1.to_q.qweight.is_meta]  # noqa: E731
+        resident = lambda: [i for i, b in enumerate(blocks) if not b.attn1.to_q.qweight.is_meta]
 
         def inside(i):
             def hook(mod, args):
@@ -326,3 +326,19 @@ def test_streaming_calibration_holds_one_block_of_codes_at_a_time(tmp_path, wan_
     assert seen["calls"] == 1 and seen["resident"]
     # the user's pre-hook runs after BlockCodes' (registered first): the block's own codes only
     assert all(r == [i] for i, r in seen["resident"])
+
+
+def test_stream_writer_reads_back_what_it_wrote(tmp_path):
+    from qvgen_export.checkpoint.stream_writer import StreamingSafetensorsWriter
+
+    a, b = torch.arange(12, dtype=torch.uint8).reshape(3, 4), torch.randn(5)
+    specs = {"a": (torch.uint8, (3, 4)), "b": (torch.float32, (5,)), "e": (torch.float32, (0,))}
+    w = StreamingSafetensorsWriter(tmp_path / "f.safetensors", specs, {"k": "v"})
+    w.write("b", b)
+    with pytest.raises(KeyError, match="'a' was not written yet"):
+        w.read_back("a")
+    w.write("a", a)
+    w.write("e", torch.empty(0))
+    assert torch.equal(w.read_back("a"), a) and torch.equal(w.read_back("b"), b)
+    assert w.read_back("e").shape == (0,)
+    w.close()
