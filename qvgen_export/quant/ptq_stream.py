@@ -10,9 +10,9 @@ written in one pass to a temp file that is renamed onto ``out_ckpt`` only when c
 With ``calibrate`` (a forward loop, e.g. a short sampling run) the activation clips are
 calibrated too, without a float model. The loop runs the packed quantized model (the layers the
 checkpoint loader builds; the same bits as the whole-model path's fake-quant forward), streamed
-block by block: a transformer block's packed codes are read back from the output file (written
-and read back with one pread, only the clip tensors still missing) when the block starts and dropped when it
-ends (:class:`BlockCodes`), and each layer's float reference weight is read from the folder per
+block by block: a transformer block's packed codes are read back from the output file (all of
+it written but the clip tensors) when the block starts and dropped when it ends
+(:class:`BlockCodes`), and each layer's float reference weight is read from the folder per
 call and dropped (:class:`FolderWeights`). Resident: the scales, zero points, clip logits and
 biases, the float tensors (norms, embedders), the codes of layers outside the blocks, and the
 run's activations; so peak memory stays flat with depth. The clip tensors are written last, so
