@@ -225,6 +225,8 @@ def _extrapolate(runs: dict[str, dict[str, Any]], depth: int) -> dict[str, Any]:
         est["peak_rss_change"] = runs[hi][stage]["peak_rss_gib"] / runs[lo][stage]["peak_rss_gib"] - 1
         out[stage] = est
     for key, per in (("ckpt_bytes", "ckpt_bytes_per_block"), ("bf16_bytes", "bf16_bytes_per_block")):
+        if key not in runs[hi] or key not in runs[lo]:  # e.g. --no-ptq: no calibration-free checkpoint
+            continue
         slope = (runs[hi][key] - runs[lo][key]) / (int(hi) - int(lo))
         out[per] = slope
         out[key] = runs[hi][key] + slope * (depth - int(hi))
