@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=4, help="global batch (CFG-aware variants use half)")
     ap.add_argument("--phi-rank", type=int, default=32)
     ap.add_argument("--phi-rank-frac", type=float, default=None)
-    ap.add_argument("--lr-min-frac", type=float, default=0.0)
+    ap.add_argument("--lr-min-frac", type=float, default=0.1, help="cosine floor (the 2026-12-03 table: 0)")
     ap.add_argument(
         "--channel-spread", action="store_true", help="the representative testbed: teacher with its V/O channel spread"
     )

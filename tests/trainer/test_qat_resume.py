@@ -84,3 +84,17 @@ def test_non_finite_state_is_refused(tmp_path, make_config, tiny_teacher, prefix
     (tmp_path / "forged.safetensors").replace(st / "tensors.safetensors")
     with pytest.raises(StateError, match=f"tensors.safetensors: tensor '{k}' contains NaN or Inf"):
         train(run, *tiny_teacher)
+
+
+def test_run_saved_before_lr_min_frac_existed_resumes_only_without_the_floor(make_config, tiny_teacher, tmp_path):
+    """Such a run trained with cosine to 0: today's default floor (0.1) must not resume it."""
+    teacher, te = tiny_teacher
+    run = str(tmp_path / "old")
+    train(make_config(method="lsq", steps=2, stop_after=1, lr_min_frac=0.0, out_dir=run), teacher, te)
+    for p in (tmp_path / "old" / "states").glob("step-*/state.json"):
+        meta = json.loads(p.read_text())
+        del meta["config"]["lr_min_frac"]
+        p.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="lr_min_frac=0.0 but this config has lr_min_frac=0.1"):
+        train(make_config(method="lsq", steps=2, out_dir=run), teacher, te)
+    assert train(make_config(method="lsq", steps=2, lr_min_frac=0.0, out_dir=run), teacher, te).completed

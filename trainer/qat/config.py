@@ -46,7 +46,9 @@ class TrainConfig:
     caption_dropout: float = 0.05
     # Cosine decay ends at lr_min_frac * lr instead of 0, so the late rank-decay stages and the
     # Phi-free final phase still train (with a floor of 0 they run at <= 16% and ~0.7% of lr).
-    lr_min_frac: float = 0.0
+    # 0.1 measured better than 0 for QVGen, Q-DM and LSQ at W4A4 and W3A3 (3 paired seeds each,
+    # benchmarks/results/qat_table_lrfloor.json vs qat_table.json; docs/qat-trainer.md).
+    lr_min_frac: float = 0.1
     # Distillation objective (every distillation method): weights of the conditional branch (the
     # batch's prompt, caption dropout applied), the unconditional branch (the empty prompt, same
     # latent and timestep) and the CFG-guided output ``v_u + g (v_c - v_u)`` with

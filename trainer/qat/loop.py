@@ -150,15 +150,19 @@ def _truncate_log(path: Path, start: int) -> None:
     path.write_text("".join(x + "\n" for x in keep))
 
 
+# Keys whose default changed after they were added: a saved run without the key trained this way.
+_BEFORE_KEY_EXISTED: dict[str, Any] = {"lr_min_frac": 0.0}
+
 # Settings that may change between a run and its resumption (they do not change the result).
 _RUN_MANAGEMENT = {"out_dir", "save_every", "keep_states", "log_every", "threads", "progress", "stop_after"}
 
 
 def _check_resumable(path: Path, saved: dict[str, Any], cfg: TrainConfig) -> None:
     now = json.loads(json.dumps(cfg.to_dict()))  # tuples -> lists, as the saved JSON has them
-    # A key the saved run does not have (added to TrainConfig later) had its default value then.
+    # A key the saved run does not have (added to TrainConfig later) had its default value then,
+    # or, where the default changed since, the value it had before the key existed.
     defaults = json.loads(json.dumps(TrainConfig().to_dict()))
-    saved = {**defaults, **saved}
+    saved = {**defaults, **_BEFORE_KEY_EXISTED, **saved}
     diff = sorted(k for k in now if k not in _RUN_MANAGEMENT and saved.get(k) != now[k])
     if diff:
         k = diff[0]
