@@ -2,7 +2,7 @@
 
     python benchmarks/testbed_spectrum.py                  # before/after, w4a4 and w3a3 -> results JSON
     python benchmarks/testbed_spectrum.py --sweep          # also the (channels, factor) grid of to_v
-    python benchmarks/testbed_spectrum.py --channels 4 --factor 16 --out /tmp/x.json
+    python benchmarks/testbed_spectrum.py --channels 4 --factor 16 --out artifacts/testbed_spectrum_k4.json
 
 For every quantized linear at the QVGen initialisation (``ptq_quantize`` without calibration: MSE
 weight ranges per output channel, initial activation clip), the singular values ``s`` of
