@@ -405,9 +405,6 @@ def _materialise_layer(
     """
     codes, s, z = parts["codes"], parts["w_scale"], parts["w_zero"]
     n, k = codes.shape
-    layer_cls = QuantLinear if latent_weights else PackedQuantLinear
-    with params_on_meta():
-        layer = layer_cls(k, n, "bias" in parts, cfg, ctx)
     weight = torch.empty(n, k, dtype=torch.float32) if latent_weights else None
     rows = max(1, _CHUNK_ELEMENTS // max(k, 1))
     for r0 in range(0, n, rows):
@@ -418,11 +415,13 @@ def _materialise_layer(
             raise CheckpointError(p, f"layer '{name}': scales and codes are inconsistent (codes do not round-trip)")
         if weight is not None:
             weight[r0:r1] = w_hat
+    if weight is None:
+        # The file's packed bytes as read (a fresh tensor), with its scales, zero points and clips.
+        return PackedQuantLinear.from_tensors(parts, k, cfg, ctx)
+    with params_on_meta():
+        layer = QuantLinear(k, n, "bias" in parts, cfg, ctx)
     values = {"w_scale": s, "w_zero": z, "clip_lower": parts["clip_lower"], "clip_upper": parts["clip_upper"]}
-    if weight is not None:
-        values["weight"] = weight
-    else:
-        layer.qweight = parts["qweight"]  # as read: a fresh tensor of exactly the packed bytes
+    values["weight"] = weight
     if "bias" in parts:
         values["bias"] = parts["bias"]
     for attr, v in values.items():
