@@ -197,18 +197,25 @@ def shape_coverage(shape: str, cx: float, cy: float, size: float, h: int, w: int
 
 def render_clip(spec: ClipSpec, cfg: VideoConfig) -> np.ndarray:
     """Frames ``[F, H, W, 3]`` float32 in ``[0, 1]``."""
+    return render_clip_and_mask(spec, cfg)[0]
+
+
+def render_clip_and_mask(spec: ClipSpec, cfg: VideoConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``[F, H, W, 3]`` in ``[0, 1]`` and the objects' pixel coverage ``[F, H, W]`` in ``[0, 1]``."""
     f_, h, w = cfg.frames, cfg.height, cfg.width
     bg = np.asarray(BACKGROUNDS[spec.background], dtype=np.float32)
     ramp = np.linspace(-cfg.gradient, cfg.gradient, h, dtype=np.float32)[:, None, None]  # [H, 1, 1]
     frame0 = np.clip(bg[None, None, :] + ramp, 0.0, 1.0) * np.ones((h, w, 1), dtype=np.float32)
     video = np.repeat(frame0[None], f_, axis=0)  # [F, H, W, 3]
+    mask = np.zeros((f_, h, w), dtype=np.float32)
     for f in range(f_):
         for obj in spec.objects:
             cx, cy = obj.center(f)
             a = shape_coverage(obj.shape, cx, cy, obj.size, h, w, cfg.supersample)[..., None].astype(np.float32)
             col = np.asarray(COLORS[obj.color], dtype=np.float32)
             video[f] = video[f] * (1.0 - a) + col * a
-    return video
+            mask[f] = np.maximum(mask[f], a[..., 0])
+    return video, mask
 
 
 class TinyVideoDataset:
@@ -241,6 +248,17 @@ class TinyVideoDataset:
         """``(videos [B, 3, F, H, W] in [-1, 1], prompts)``."""
         items = [self[i] for i in indices]
         return torch.stack([v for v, _ in items]), [p for _, p in items]
+
+    def batch_with_masks(self, indices: list[int] | range) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """``(videos [B, 3, F, H, W], prompts, object coverage [B, 1, F, H, W] in [0, 1])``."""
+        videos, prompts, masks = [], [], []
+        for i in indices:
+            spec = self.spec(i)
+            frames, mask = render_clip_and_mask(spec, self.config)
+            videos.append(frames_to_tensor(frames))
+            prompts.append(spec.prompt)
+            masks.append(torch.from_numpy(mask)[None])
+        return torch.stack(videos), prompts, torch.stack(masks)
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:

@@ -76,8 +76,13 @@ def save_teacher(
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
     meta = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in info.items()}
-    save_file(state, str(path), metadata=meta)
-    path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    # Atomic: a reader (an evaluation of a run in progress) never sees half a file.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    tmp_json = path.with_name(path.stem + ".json.tmp")
+    tmp_json.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    tmp_json.replace(path.with_suffix(".json"))
     return info
 
 
