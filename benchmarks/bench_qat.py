@@ -89,12 +89,30 @@ def parse_method(spec: str) -> tuple[Method, bool]:
     return m, bool(variant)
 
 
+def teacher_identity(path: str | None) -> dict:
+    """Which teacher a table was measured on: its file hash and training record."""
+    import hashlib
+
+    from qvgen_tinyworld.teacher import ASSET_PATH, read_teacher_info
+
+    p = Path(path) if path else ASSET_PATH
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no tiny-teacher file")
+    training = read_teacher_info(p).get("training", {})
+    return {
+        "file": "embedded asset" if path is None else str(path),
+        "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        "steps": training.get("steps"),
+        "init_steps": (training.get("init") or {}).get("steps"),
+    }
+
+
 def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
     """Train and evaluate every (seed, method) of one scheme, seed-major, appending to runs.jsonl."""
     from qvgen_export.checkpoint import load_quantized_model
     from qvgen_tinyworld.teacher import latent_shape, load_teacher
 
-    teacher, te, info = load_teacher()
+    teacher, te, info = load_teacher(args.teacher)
     if args.channel_spread:  # the reference, PTQ and every student use the spread teacher
         from qvgen_tinyworld.channel_spread import apply_channel_spread
 
@@ -310,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--channel-spread", action="store_true", help="the representative testbed: teacher with its V/O channel spread"
     )
+    ap.add_argument("--teacher", default=None, help="tiny-teacher file (default: the embedded asset)")
     ap.add_argument("--cfg-weights", default="1,1,0.0625", help="cond,uncond,guided weights of METHOD:cfg")
     ap.add_argument("--eval-prompts", type=int, default=None, help="first N harness prompts (default 6; smoke 2)")
     ap.add_argument("--eval-seeds", default="0,1", help="noise seeds of the reference trajectories")
@@ -351,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         + ("eval_prompts", "eval_seeds", "sample_steps", "smoke", "threads", "jobs")
     }
     settings.update(schemes=schemes, methods=args.method_list, seeds=args.seed_list, guidance_scale=4.0)
+    try:
+        settings["teacher"] = teacher_identity(args.teacher)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.channel_spread:
         from qvgen_tinyworld.channel_spread import ChannelSpread
 
