@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO))
 from qvgen_eval import metrics as M
 from qvgen_tinyworld.dataset import ClipSpec, TinyVideoDataset, tensor_to_frames
 from qvgen_tinyworld.grammar import COLORS, SHAPES
-from qvgen_tinyworld.teacher import load_teacher
+from qvgen_tinyworld.teacher import load_teacher, teacher_denoiser, with_condition
 from qvgen_tinyworld.text_encoder import TinyTextEncoder
 
 KEYS = ("prompt_adherence", "color", "shape", "direction", "count")
@@ -185,9 +185,10 @@ def ridge_r2(
 
 @torch.no_grad()
 def hidden_states(
-    model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor
+    model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, condition: str | None = None
 ) -> dict[str, torch.Tensor]:
-    """Token features ``[B, tokens, dim]`` (frame-major) of the patch embedding and of each block."""
+    """Token features ``[B, tokens, dim]`` (frame-major) of the patch embedding and of each block;
+    ``condition``: the teacher's, appended to the latents ``x`` as the model takes it."""
     got: dict[str, torch.Tensor] = {}
 
     def keep(name: str, tokens_first: bool) -> Any:
@@ -201,7 +202,7 @@ def hidden_states(
     handles = [model.patch_embedding.register_forward_hook(keep("patch_embedding", False))]
     handles += [b.register_forward_hook(keep(f"block{i}", True)) for i, b in enumerate(model.blocks)]
     try:
-        model(x, t, ctx, return_dict=False)
+        model(with_condition(x, condition), t, ctx, return_dict=False)
     finally:
         for h in handles:
             h.remove()
@@ -217,6 +218,7 @@ def frame_probe(
     eps: torch.Tensor,
     lam: float = 1e-3,
     batch: int = 8,
+    condition: str | None = None,
 ) -> list[dict[str, Any]]:
     """Per sigma: R^2 of a ridge probe token -> frame index, trained on the first half of the clips.
 
@@ -236,7 +238,7 @@ def frame_probe(
             a, e = x0[i : i + batch], eps[i : i + batch]
             xs = (1 - s) * a + s * e
             t = torch.full((a.shape[0],), 1000.0 * s)
-            for k, h in hidden_states(model, xs, t, ctx[i : i + batch]).items():
+            for k, h in hidden_states(model, xs, t, ctx[i : i + batch], condition).items():
                 feats.setdefault(k, []).append(h)
         r2 = {}
         for k, parts in feats.items():
@@ -278,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, te, info = load_teacher(args.teacher)
+    raw, te, info = load_teacher(args.teacher)
+    model = teacher_denoiser(raw, info)  # takes latents; appends a conditioned teacher's channels
     data = TinyVideoDataset(seed=77)  # the teacher trains on seeds 0-2: these clips are unseen
     x0, prompts = data.batch(range(args.clips))
     n = len(prompts)
@@ -334,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         doc["word_gain"] = {"clips": ng, "noise_seed": 0, "rows": gain_rows}
 
     if args.probe:
-        probe_rows = frame_probe(model, te, x0, prompts, floats(args.probe_sigmas), eps, lam=args.probe_lambda)
+        probe_rows = frame_probe(
+            raw, te, x0, prompts, floats(args.probe_sigmas), eps, lam=args.probe_lambda, condition=info.get("condition")
+        )
         for r in probe_rows:
             cells = "  ".join(f"{k} {v:.3f}" for k, v in r["r2"].items())
             print(f"probe sigma {r['sigma']:.2f}: R^2 {cells}", flush=True)

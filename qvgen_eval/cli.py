@@ -46,7 +46,7 @@ def _build(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, Any]:
     import torch
 
     from qvgen_eval.harness import DEFAULT_PROMPTS, EvalSettings, calibration_batches
-    from qvgen_tinyworld.teacher import latent_shape, load_teacher
+    from qvgen_tinyworld.teacher import latent_shape, load_teacher, teacher_denoiser
 
     teacher, te, info = load_teacher(args.teacher)
     s = info["sampling"]
@@ -85,7 +85,13 @@ def _build(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, Any]:
 
         if args.calib_clips < 1:
             raise ValueError(f"--calib-clips must be >= 1, got {args.calib_clips}")
-        calib = None if args.no_calib else calibration_batches(te.encode, settings, clips_per_step=args.calib_clips)
+        calib = (
+            None
+            if args.no_calib
+            else calibration_batches(
+                te.encode, settings, clips_per_step=args.calib_clips, condition=info.get("condition")
+            )
+        )
         for scheme in schemes:
             name = f"{scheme}-ptq"
             if name in models:
@@ -95,7 +101,9 @@ def _build(args: argparse.Namespace) -> tuple[dict[str, Any], Any, Any, Any]:
                 models[name] = ptq_quantize(
                     copy.deepcopy(teacher), QuantConfig.preset(scheme), calib, progress=not args.no_progress
                 )
-    return models, te, latent_shape(info), settings
+    # A conditioned teacher (and every quantized copy of it) takes its condition channels after
+    # the latents: the harness samples and compares latents only.
+    return {k: teacher_denoiser(m, info) for k, m in models.items()}, te, latent_shape(info), settings
 
 
 def main(argv: list[str] | None = None) -> int:

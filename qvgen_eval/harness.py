@@ -345,16 +345,19 @@ def calibration_batches(
     settings: EvalSettings,
     clips_per_step: int = 2,
     seed: int = 10_000,
+    condition: str | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """PTQ calibration inputs at exactly the timesteps the sampler will visit.
 
     One batch per sampling step: ``clips_per_step`` training clips (dataset seed ``seed``, so
     never the evaluation noise) noised to that step's sigma, with their prompts (cond) or the
     empty prompt (every other batch), as dicts of ``hidden_states``, ``timestep``,
-    ``encoder_hidden_states``.
+    ``encoder_hidden_states``. ``condition``: the teacher's (``hidden_states`` then carries its
+    channels after the latents, as the model takes them).
     """
     from qvgen_export.runtime.sampler import make_scheduler
     from qvgen_tinyworld.dataset import TinyVideoDataset
+    from qvgen_tinyworld.teacher import with_condition
 
     sched = make_scheduler(settings.scheduler, settings.shift)  # type: ignore[arg-type]
     sched.set_timesteps(settings.num_steps)
@@ -369,7 +372,7 @@ def calibration_batches(
             prompts = [""] * len(prompts)
         out.append(
             {
-                "hidden_states": (1 - sigma) * x0 + sigma * eps,
+                "hidden_states": with_condition((1 - sigma) * x0 + sigma * eps, condition),
                 "timestep": torch.full((x0.shape[0],), float(t)),
                 "encoder_hidden_states": text_encode(prompts),
             }

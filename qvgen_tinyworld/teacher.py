@@ -10,6 +10,9 @@ rebuild and use it, so nothing is read from file names:
 - ``video``: :class:`VideoConfig` fields (frames, height, width; "latents" are RGB pixels)
 - ``sampling``: recommended sampler settings (scheduler, shift, steps, guidance scale)
 - ``training``: how it was trained (steps, seed, final loss, ...), informational only
+- ``condition`` (optional): ``"positions"`` when the model takes, after the 3 RGB channels, 3
+  fixed channels with each pixel's frame index, column and row (Wan-I2V style: in_channels =
+  out_channels + condition channels). Absent: plain text-to-video, in_channels = out_channels.
 
 A JSON file of the same stem beside it mirrors the metadata for humans.
 """
@@ -47,6 +50,9 @@ TEACHER_CONFIG: dict[str, Any] = {
     "rope_max_seq_len": 64,
 }
 
+# Extra input channels of a teacher with ``condition = "positions"``: frame, column, row in [-1, 1].
+POSITION_CHANNELS = 3
+
 DEFAULT_SAMPLING: dict[str, Any] = {"scheduler": "unipc", "shift": 3.0, "num_steps": 20, "guidance_scale": 4.0}
 
 
@@ -57,6 +63,7 @@ def save_teacher(
     video: VideoConfig,
     sampling: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    condition: str | None = None,
 ) -> dict[str, Any]:
     """Write ``model`` and its self-description to ``path`` (+ ``.json`` mirror); returns the info."""
     from safetensors.torch import save_file
@@ -72,6 +79,9 @@ def save_teacher(
         "sampling": dict(sampling or DEFAULT_SAMPLING),
         "training": dict(training or {}),
     }
+    if condition is not None:
+        info["condition"] = condition
+    check_condition(info)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
@@ -98,7 +108,7 @@ def read_teacher_info(path: str | Path) -> dict[str, Any]:
         )
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported tiny-teacher format_version {meta.get('format_version')!r}")
-    return {k: v if k in ("format", "format_version") else json.loads(v) for k, v in meta.items()}
+    return {k: v if k in ("format", "format_version", "condition") else json.loads(v) for k, v in meta.items()}
 
 
 def load_teacher(path: str | Path | None = None) -> tuple[torch.nn.Module, TinyTextEncoder, dict[str, Any]]:
@@ -121,6 +131,7 @@ def load_teacher(path: str | Path | None = None) -> tuple[torch.nn.Module, TinyT
     if not p.is_file():
         raise FileNotFoundError(f"tiny teacher weights not found at {p}")
     info = read_teacher_info(p)
+    check_condition(info)
     model = build_wan(info["diffusers_config"], seed=None)
     state = load_file(str(p))
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -131,6 +142,58 @@ def load_teacher(path: str | Path | None = None) -> tuple[torch.nn.Module, TinyT
 
 
 def latent_shape(info: dict[str, Any]) -> tuple[int, int, int, int]:
-    """``(C, F, H, W)`` of one sample for ``sample_video``."""
+    """``(C, F, H, W)`` of one sample for ``sample_video`` (C: the model's output channels)."""
     v = info["video"]
-    return (int(info["diffusers_config"]["in_channels"]), int(v["frames"]), int(v["height"]), int(v["width"]))
+    return (int(info["diffusers_config"]["out_channels"]), int(v["frames"]), int(v["height"]), int(v["width"]))
+
+
+def check_condition(info: dict[str, Any]) -> None:
+    """Raise ``ValueError`` unless ``in_channels`` = ``out_channels`` + the condition's channels."""
+    cfg, cond = info["diffusers_config"], info.get("condition")
+    extra = {None: 0, "positions": POSITION_CHANNELS}.get(cond)
+    if extra is None:
+        raise ValueError(f"unknown teacher condition {cond!r}; expected 'positions' or none")
+    if int(cfg["in_channels"]) != int(cfg["out_channels"]) + extra:
+        raise ValueError(
+            f"teacher condition {cond!r} needs in_channels = out_channels + {extra}, "
+            f"got {cfg['in_channels']} and {cfg['out_channels']}"
+        )
+
+
+def position_channels(frames: int, height: int, width: int) -> torch.Tensor:
+    """``[3, F, H, W]``: each pixel's frame index, column and row, scaled to [-1, 1].
+
+    Wan's rotary embedding only tells attention the *offset* between two tokens, and the patch
+    embedding has no padding, so without these a Wan transformer cannot tell which frame (or
+    where in the frame) a token is; with them, "moving right" is a function of absolute position."""
+    f = torch.linspace(-1.0, 1.0, frames).view(frames, 1, 1).expand(frames, height, width)
+    x = ((torch.arange(width) + 0.5) / width * 2 - 1).view(1, 1, width).expand(frames, height, width)
+    y = ((torch.arange(height) + 0.5) / height * 2 - 1).view(1, height, 1).expand(frames, height, width)
+    return torch.stack([f, x, y])
+
+
+def with_condition(hidden_states: torch.Tensor, condition: str | None) -> torch.Tensor:
+    """The model input for latents ``[B, C, F, H, W]``: the latents, then the condition channels."""
+    if condition is None:
+        return hidden_states
+    b, _, f, h, w = hidden_states.shape
+    pos = position_channels(f, h, w).to(hidden_states.dtype).expand(b, -1, -1, -1, -1)
+    return torch.cat([hidden_states, pos], dim=1)
+
+
+class ConditionedDenoiser:
+    """A denoiser with ``WanTransformer3DModel``'s call signature over latents of ``out_channels``:
+    it appends the teacher's condition channels and calls ``model``. Samplers, the evaluation
+    harness and the teacher-forced metric take it in place of the model."""
+
+    def __init__(self, model: Any, condition: str | None) -> None:
+        self.model, self.condition = model, condition
+
+    def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        return self.model(with_condition(hidden_states, self.condition), *args, **kwargs)
+
+
+def teacher_denoiser(model: Any, info: dict[str, Any]) -> Any:
+    """``model`` itself for a plain teacher; a :class:`ConditionedDenoiser` for a conditioned one."""
+    cond = info.get("condition")
+    return model if cond is None else ConditionedDenoiser(model, cond)

@@ -25,7 +25,15 @@ from tqdm.auto import tqdm
 
 from qvgen_export.models.wan import build_wan
 from qvgen_tinyworld.dataset import TinyVideoDataset, VideoConfig, tensor_to_frames
-from qvgen_tinyworld.teacher import DEFAULT_SAMPLING, TEACHER_CONFIG, latent_shape, save_teacher
+from qvgen_tinyworld.teacher import (
+    DEFAULT_SAMPLING,
+    POSITION_CHANNELS,
+    TEACHER_CONFIG,
+    latent_shape,
+    save_teacher,
+    teacher_denoiser,
+    with_condition,
+)
 from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
 PREVIEW_PROMPTS = [
@@ -105,7 +113,7 @@ def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
 # the data order and the objective. (--threads, --compile, --save-every may change.)
 RESUME_KEYS = (
     "steps", "seed", "batch_size", "lr", "warmup", "ema", "timestep_sampling",
-    "caption_dropout", "object_weight", "layout_frac", "init",
+    "caption_dropout", "object_weight", "layout_frac", "init", "positions",
 )  # fmt: skip
 
 
@@ -165,13 +173,26 @@ def load_state(
     return int(meta["step"]), json.loads(meta["loss_avg"]), float(meta["elapsed"])
 
 
+def widened_state(init: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``init``'s weights for a model whose patch embedding takes more input channels: the extra
+    channels' weights are zero, so the widened model computes exactly what ``init`` did."""
+    out = dict(init)
+    k = "patch_embedding.weight"
+    w, want = init[k], target[k]
+    if w.shape != want.shape:
+        if w.shape[0] != want.shape[0] or w.shape[2:] != want.shape[2:] or w.shape[1] > want.shape[1]:
+            raise ValueError(f"{k} {tuple(w.shape)} cannot widen to {tuple(want.shape)}")
+        out[k] = torch.cat([w, w.new_zeros(w.shape[0], want.shape[1] - w.shape[1], *w.shape[2:])], dim=1)
+    return out
+
+
 def preview(model: torch.nn.Module, te: TinyTextEncoder, info: dict, out_png: Path, seed: int = 0) -> None:
     from qvgen_export.runtime.sampler import sample_video
     from qvgen_export.runtime.video import contact_sheet
 
     s = info["sampling"]
     lat = sample_video(
-        model,
+        teacher_denoiser(model, info),
         te.encode(PREVIEW_PROMPTS),
         te.encode([""] * len(PREVIEW_PROMPTS)),
         latent_shape=latent_shape(info),
@@ -209,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
         help="share of samples with sigma uniform in [0.7, 0.98], where shape and motion are decided",
     )  # fmt: skip
     ap.add_argument(
+        "--positions", action="store_true",
+        help="3 extra input channels with each pixel's frame, column and row (the teacher's 'positions' "
+        "condition); with --init from a plain teacher, their patch-embedding weights start at zero",
+    )  # fmt: skip
+    ap.add_argument(
         "--resume", action="store_true",
         help="continue from OUT's .state.safetensors (written every --save-every steps) if it exists",
     )  # fmt: skip
@@ -238,13 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     te = TinyTextEncoder(TextEncoderConfig(dim=TEACHER_CONFIG["text_dim"]))
     data = TinyVideoDataset(seed=args.seed, config=video_cfg)
     torch.manual_seed(args.seed)
-    model = build_wan(TEACHER_CONFIG, seed=args.seed).train()
+    condition = "positions" if args.positions else None
+    config = dict(TEACHER_CONFIG, in_channels=TEACHER_CONFIG["out_channels"] + (POSITION_CHANNELS if condition else 0))
+    model = build_wan(config, seed=args.seed).train()
     init_info: dict = {}
     if args.init:
         from qvgen_tinyworld.teacher import load_teacher
 
         init_model, _, init_info = load_teacher(args.init)
-        model.load_state_dict(init_model.state_dict())
+        try:
+            model.load_state_dict(widened_state(init_model.state_dict(), model.state_dict()))
+        except (RuntimeError, ValueError) as e:
+            print(f"error: {args.init}: does not fit this teacher ({e})", file=sys.stderr)
+            return 2
         print(f"initialised from {args.init} ({init_info['training'].get('steps')} steps)")
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if args.compile:
@@ -293,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             "init": init_info.get("training"),
             "command": "python -m trainer.train_tiny_teacher " + " ".join(argv if argv is not None else sys.argv[1:]),
         }
-        return save_teacher(out, ema, te, video_cfg, DEFAULT_SAMPLING, training)
+        return save_teacher(out, ema, te, video_cfg, DEFAULT_SAMPLING, training, condition=condition)
 
     bar = tqdm(range(first_step, args.steps), desc="teacher", dynamic_ncols=True, initial=first_step, total=args.steps)
     for step in bar:
@@ -305,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         xt, t, target = flow_matching_batch(x0, gen, args.timestep_sampling, layout_frac=args.layout_frac)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
-        pred = model(xt, t, cond, return_dict=False)[0]
+        pred = model(with_condition(xt, condition), t, cond, return_dict=False)[0]
         loss = object_weighted_mse(pred, target, mask, args.object_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -50,3 +50,62 @@ def test_embedded_teacher_loads_and_denoises() -> None:
     with torch.no_grad():
         v = model(x, torch.tensor([500.0]), te.encode(["a red circle moving left"]), return_dict=False)[0]
     assert v.shape == x.shape and torch.isfinite(v).all()
+
+
+def test_position_channels() -> None:
+    from qvgen_tinyworld.teacher import position_channels, with_condition
+
+    p = position_channels(8, 4, 6)
+    assert p.shape == (3, 8, 4, 6)
+    assert torch.equal(p[0, :, 0, 0], torch.linspace(-1, 1, 8))  # frame index, first to last
+    assert torch.all(p[1, :, :, 1:] > p[1, :, :, :-1])  # column grows left to right
+    assert torch.all(p[2, :, 1:, :] > p[2, :, :-1, :])  # row grows top to bottom
+    assert float(p[1].min()) > -1 and float(p[1].max()) < 1  # pixel centres
+    x = torch.randn(2, 3, 8, 4, 6)
+    assert with_condition(x, None) is x
+    y = with_condition(x, "positions")
+    assert y.shape == (2, 6, 8, 4, 6) and torch.equal(y[:, :3], x) and torch.equal(y[1, 3:], p)
+
+
+def test_conditioned_teacher_round_trip_and_checks(tmp_path: Path) -> None:
+    from qvgen_tinyworld.teacher import ConditionedDenoiser, teacher_denoiser
+
+    te = TinyTextEncoder(TextEncoderConfig(dim=64, max_len=12))
+    model = build_wan(dict(TINY_WAN_CONFIG, in_channels=6), seed=1)
+    path = tmp_path / "c.safetensors"
+    save_teacher(path, model, te, VideoConfig(), condition="positions")
+    loaded, _, info = load_teacher(path)
+    assert info["condition"] == "positions" and latent_shape(info) == (3, 8, 32, 32)
+    den = teacher_denoiser(loaded, info)
+    assert isinstance(den, ConditionedDenoiser)
+    x = torch.randn(1, *latent_shape(info), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        v = den(x, torch.tensor([500.0]), te.encode(["a red circle moving left"]), return_dict=False)[0]
+    assert v.shape == x.shape
+    plain = build_wan(TINY_WAN_CONFIG, seed=1)
+    assert teacher_denoiser(plain, {"diffusers_config": {}}) is plain
+    with pytest.raises(ValueError, match="in_channels = out_channels \\+ 3"):
+        save_teacher(tmp_path / "bad.safetensors", plain, te, VideoConfig(), condition="positions")
+    with pytest.raises(ValueError, match="unknown teacher condition"):
+        save_teacher(tmp_path / "bad.safetensors", model, te, VideoConfig(), condition="depth")
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+@pytest.mark.skipif(not ASSET_PATH.is_file(), reason="embedded teacher not built yet")
+def test_widened_init_computes_what_the_plain_teacher_did() -> None:
+    # --positions --init PLAIN: the position channels start with zero weights, so training starts
+    # from exactly the plain teacher's function.
+    from qvgen_tinyworld.teacher import TEACHER_CONFIG, ConditionedDenoiser
+    from trainer.train_tiny_teacher import widened_state
+
+    plain, te, info = load_teacher()
+    wide = build_wan(dict(TEACHER_CONFIG, in_channels=6), seed=0)
+    wide.load_state_dict(widened_state(plain.state_dict(), wide.state_dict()))
+    x = torch.randn(2, *latent_shape(info), generator=torch.Generator().manual_seed(0))
+    t, c = torch.tensor([900.0, 300.0]), te.encode(["a red circle moving left", ""])
+    with torch.no_grad():
+        a = plain(x, t, c, return_dict=False)[0]
+        b = ConditionedDenoiser(wide, "positions")(x, t, c, return_dict=False)[0]
+    assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot widen"):
+        widened_state(wide.state_dict(), plain.state_dict())

@@ -91,3 +91,16 @@ def test_masks_mark_the_object_pixels() -> None:
         diff = np.abs(frames - bg[None, :, None, :]).max(axis=-1)
         assert np.all(diff[m == 0] < 1e-6)
         assert np.all(diff[m > 0.5] > 0.05), spec.prompt
+
+
+def test_positions_teacher_trains_from_a_plain_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qvgen_tinyworld.teacher import ASSET_PATH, latent_shape, load_teacher
+
+    monkeypatch.setattr("trainer.train_tiny_teacher.preview", lambda *a, **k: None)
+    out = tmp_path / "p.safetensors"
+    assert main(["--out", str(out), *ARGS, "--positions", "--init", str(ASSET_PATH), "--stop-after", "2"]) == 0
+    model, _, info = load_teacher(out)
+    assert info["condition"] == "positions" and model.config.in_channels == 6
+    assert latent_shape(info)[0] == 3
+    w = model.patch_embedding.weight
+    assert float(w[:, 3:].detach().abs().max()) > 0  # the position channels' weights trained away from zero
