@@ -110,9 +110,10 @@ def teacher_identity(path: str | None) -> dict:
 def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
     """Train and evaluate every (seed, method) of one scheme, seed-major, appending to runs.jsonl."""
     from qvgen_export.checkpoint import load_quantized_model
-    from qvgen_tinyworld.teacher import latent_shape, load_teacher
+    from qvgen_tinyworld.teacher import latent_shape, load_teacher, teacher_denoiser
 
     teacher, te, info = load_teacher(args.teacher)
+    condition = info.get("condition")  # a conditioned teacher: every model call appends it
     if args.channel_spread:  # the reference, PTQ and every student use the spread teacher
         from qvgen_tinyworld.channel_spread import apply_channel_spread
 
@@ -128,13 +129,15 @@ def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
     if log.exists():
         done = {(r["seed"], r["method"]) for r in map(json.loads, log.read_text().splitlines()) if r}
     t0 = time.time()
-    ref = reference_trajectory(teacher, te.encode, shape, fs)
+    ref = reference_trajectory(teacher_denoiser(teacher, info), te.encode, shape, fs)
     print(f"[{scheme}] reference trajectory {time.time() - t0:.0f}s", flush=True)
 
     def record(rec: dict[str, Any], model: Any) -> None:
+        model = teacher_denoiser(model, info)
         rec.update(scheme=scheme, forced=forced_errors(model, ref))
         if args.videos:
-            rep = compare_models({"float": teacher, "m": model}, te.encode, shape, es, progress=False)
+            models = {"float": teacher_denoiser(teacher, info), "m": model}
+            rep = compare_models(models, te.encode, shape, es, progress=False)
             rec["psnr"] = rep["models"]["m"]["fidelity"]["psnr"]
             rec["ssim"] = rep["models"]["m"]["fidelity"]["ssim"]
         with log.open("a") as f:
@@ -142,7 +145,7 @@ def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
         print(f"[{scheme}] {rec['method']} seed {rec['seed']}: guided {rec['forced']['guided']:.5f}", flush=True)
 
     if (-1, "ptq") not in done:
-        calib = calibration_batches(te.encode, es, clips_per_step=2)
+        calib = calibration_batches(te.encode, es, clips_per_step=2, condition=condition)
         ptq = ptq_quantize(copy.deepcopy(teacher), QuantConfig.preset(scheme), calib, progress=False)
         record({"seed": -1, "method": "ptq"}, ptq)
         del ptq
@@ -175,7 +178,7 @@ def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
                 **extra,
             )
             t1 = time.time()
-            res = train(cfg, teacher, te)
+            res = train(cfg, teacher, te, condition=condition)
             train_s = time.time() - t1
             # Evaluate what was saved (the deployable Phi-free checkpoint), not the in-memory model.
             model = load_quantized_model(res.checkpoint)[0] if res.checkpoint is not None else res.qmodel

@@ -117,6 +117,9 @@ RESUME_KEYS = (
 )  # fmt: skip
 
 
+RESUME_DEFAULTS = {"positions": False}
+
+
 def state_path(out: Path) -> Path:
     return out.with_name(out.stem + ".state.safetensors")
 
@@ -155,7 +158,8 @@ def load_state(
         meta = f.metadata() or {}
     saved = json.loads(meta["args"])
     for k in RESUME_KEYS:
-        if saved.get(k) != args.get(k):
+        # A key the writing run did not know had its flag's default then (e.g. positions: off).
+        if saved.get(k, RESUME_DEFAULTS.get(k)) != args.get(k):
             raise ValueError(f"{path}: written by a run with --{k.replace('_', '-')} {saved.get(k)}, not {args.get(k)}")
     t = load_file(str(path))
     model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})

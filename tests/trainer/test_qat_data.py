@@ -45,3 +45,26 @@ def test_tiny_source_draws_from_the_teachers_world():
     # a smaller test geometry shrinks the teacher's world, not the defaults
     small = TinySource(0, frames=4, height=16, width=16, world=world).dataset.config
     assert small.size_range == (3.0, 3.5) and small.gradient == 0.2
+
+
+def test_a_conditioned_teacher_gets_its_channels_after_the_noisy_latents():
+    from qvgen_tinyworld.teacher import position_channels
+
+    src = TinySource(seed=0, frames=4, height=16, width=16)
+    plain = BatchMaker(src, 0, 2, 0.0).batch(0)
+    b = BatchMaker(src, 0, 2, 0.0, condition="positions").batch(0)
+    assert b.noisy.shape == (2, 6, 4, 16, 16) and b.velocity.shape == (2, 3, 4, 16, 16)
+    assert torch.equal(b.noisy[:, :3], plain.noisy)
+    assert torch.equal(b.noisy[1, 3:], position_channels(4, 16, 16))
+    assert b.to("cpu").condition == "positions"
+
+
+def test_qat_trains_a_student_of_a_conditioned_teacher(make_config):
+    from qvgen_export.models.wan import TINY_WAN_CONFIG, build_wan
+    from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
+    from trainer.qat.loop import train
+
+    teacher = build_wan(dict(TINY_WAN_CONFIG, in_channels=6), seed=0)
+    te = TinyTextEncoder(TextEncoderConfig(dim=64))
+    res = train(make_config(steps=3, save_every=3), teacher, te, condition="positions")
+    assert len(res.history) == 3 and all(torch.isfinite(torch.tensor(r["loss"])) for r in res.history)

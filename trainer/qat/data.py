@@ -30,11 +30,20 @@ class Batch:
     eps: torch.Tensor  # [B, C, F, H, W]
     sigma: torch.Tensor  # [B]
     num_train_timesteps: int = 1000
+    # The teacher's condition (tiny world: "positions"), appended to the noisy latents as the
+    # model's input; the velocity target stays latent-only.
+    condition: str | None = None
 
     @property
     def noisy(self) -> torch.Tensor:
+        """The model input: noisy latents, then the condition's channels (if any)."""
         s = self.sigma.view(-1, *([1] * (self.x0.dim() - 1)))
-        return (1.0 - s) * self.x0 + s * self.eps
+        x = (1.0 - s) * self.x0 + s * self.eps
+        if self.condition is None:
+            return x
+        from qvgen_tinyworld.teacher import with_condition
+
+        return with_condition(x, self.condition)
 
     @property
     def timestep(self) -> torch.Tensor:
@@ -52,6 +61,7 @@ class Batch:
             self.eps.to(device),
             self.sigma.to(device),
             self.num_train_timesteps,
+            self.condition,
         )
 
 
@@ -146,8 +156,10 @@ class BatchMaker:
         global_batch: int,
         caption_dropout: float,
         num_train_timesteps: int = 1000,
+        condition: str | None = None,
     ) -> None:
         self.source = source
+        self.condition = condition
         self.seed = seed
         self.global_batch = global_batch
         self.caption_dropout = caption_dropout
@@ -174,4 +186,5 @@ class BatchMaker:
             k = int(torch.randint(1, self.num_train_timesteps + 1, (), generator=gen))
             sigmas.append(k / self.num_train_timesteps)
             eps.append(torch.randn(x0.shape[1:], generator=gen))
-        return Batch(x0, cond, torch.stack(eps), torch.tensor(sigmas, dtype=torch.float32), self.num_train_timesteps)
+        sig = torch.tensor(sigmas, dtype=torch.float32)
+        return Batch(x0, cond, torch.stack(eps), sig, self.num_train_timesteps, self.condition)

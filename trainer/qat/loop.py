@@ -196,6 +196,7 @@ def train(
     teacher: nn.Module | None = None,
     text_encoder: Any = None,
     env: D.DistEnv | None = None,
+    condition: str | None = None,
 ) -> TrainResult:
     """Run (or resume) the QAT run that ``cfg`` describes.
 
@@ -204,6 +205,8 @@ def train(
             encoder; loaded from ``cfg.teacher`` when None. With ``cfg.channel_spread`` a teacher
             without a spread is spread on a copy (``TrainResult.teacher`` is that copy).
         env: the distributed environment; from torchrun's variables when None.
+        condition: a passed-in tiny teacher's condition (its file's ``condition``, e.g.
+            "positions"); with ``cfg.teacher == "tiny"`` it is read from the embedded asset.
 
     Returns:
         A :class:`TrainResult`. The Phi-free checkpoint is ``<out_dir>/model.safetensors``.
@@ -216,6 +219,7 @@ def train(
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    loaded = teacher is None
     if teacher is None:
         teacher, loaded_te = load_teacher_model(cfg)
         text_encoder = text_encoder if text_encoder is not None else loaded_te
@@ -231,13 +235,16 @@ def train(
             from qvgen_tinyworld.dataset import VideoConfig
             from qvgen_tinyworld.teacher import ASSET_PATH, read_teacher_info
 
-            world = VideoConfig.from_dict(read_teacher_info(ASSET_PATH)["video"])
+            asset = read_teacher_info(ASSET_PATH)
+            world = VideoConfig.from_dict(asset["video"])
+            if condition is None and loaded:
+                condition = asset.get("condition")
         source: Any = TinySource(
             cfg.seed, cfg.video_frames, cfg.video_height, cfg.video_width, text_encoder, world=world
         )
     else:
         source = CacheSource(cfg.data, cfg.seed)
-    maker = BatchMaker(source, cfg.seed, cfg.batch_size, cfg.caption_dropout, cfg.num_train_timesteps)
+    maker = BatchMaker(source, cfg.seed, cfg.batch_size, cfg.caption_dropout, cfg.num_train_timesteps, condition)
     maker.indices(0, env.rank, env.world_size)  # validates batch divisibility before any work
 
     state_path = latest_state(out)
