@@ -246,6 +246,9 @@ def compare_models(
         numeric = [{k: v for k, v in r.items() if k not in ("seed", "prompt")} for r in per_video]
         agg = M.aggregate(numeric)
         entry: dict[str, Any] = {"metrics": {k: agg[k] for k in (*M.SCORE_KEYS, "speed")}, "per_video": per_video}
+        # Adherence is a mean over a few dozen videos: its 95% bootstrap interval says how far
+        # two models' scores must differ before the difference means anything.
+        entry["intervals"] = {k: M.bootstrap_interval([r[k] for r in numeric]) for k in M.INTERVAL_KEYS}
         if name != reference:
             entry["fidelity"] = {"psnr": agg["psnr"], "ssim": agg["ssim"]}
             tf = [float(np.mean(tee.errors[name][step_t[i]])) for i in sorted(step_t)]
@@ -294,6 +297,11 @@ def markdown_table(report: dict[str, Any]) -> str:
                 f"{r['trajectory_mean']:.4f}",
             ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for name, e in report["models"].items():
+        iv = e.get("intervals", {})
+        cells = ", ".join(f"{k} {lo:.1f}-{hi:.1f}" for k, (lo, hi) in iv.items())
+        lines.append(f"- {name}: 95% bootstrap intervals over videos: {cells}")
     s = report["settings"]
     lines.append("")
     lines.append(

@@ -353,6 +353,24 @@ def aggregate(results: Iterable[dict[str, float]]) -> dict[str, float]:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+# Prompt-adherence keys whose spread over videos the reports give as bootstrap intervals.
+INTERVAL_KEYS = ("prompt_adherence", "color", "shape", "direction", "count")
+
+
+def bootstrap_interval(
+    values: Sequence[float], resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` (videos resampled with
+    replacement; seeded, so a report is reproducible). One value gives a zero-width interval."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("bootstrap_interval needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
+    a = (1.0 - level) / 2.0
+    return float(np.quantile(means, a)), float(np.quantile(means, 1.0 - a))
+
+
 # -- fidelity against a reference video ---------------------------------------------------------
 
 

@@ -74,9 +74,11 @@ def test_compare_models_report(tiny: tuple[torch.nn.Module, TinyTextEncoder], tm
     assert math.isfinite(coarse["fidelity"]["psnr"])
     for entry in report["models"].values():
         assert all(0.0 <= v <= 100.0 for k, v in entry["metrics"].items() if k != "speed")
+        for k, (lo, hi) in entry["intervals"].items():
+            assert lo <= entry["metrics"][k] <= hi, k
     json.dumps(json_report(report))  # JSON-able
     md = markdown_table(report)
-    assert "| coarse |" in md and "float (ref)" in md
+    assert "| coarse |" in md and "float (ref)" in md and "- coarse: 95% bootstrap intervals" in md
     png = plot_error_vs_timestep({"forced": error_plot_series(report, "teacher_forced")}, tmp_path / "e.png")
     assert png.stat().st_size > 1000
 

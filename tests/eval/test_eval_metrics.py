@@ -156,3 +156,17 @@ def test_bad_input() -> None:
         M.evaluate_video(GOOD, "a purple circle moving left")
     with pytest.raises(ValueError, match="unknown color"):
         M.track_color(GOOD, "purple")
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows_with_more_videos() -> None:
+    from qvgen_eval.metrics import bootstrap_interval
+
+    rng = np.random.default_rng(1)
+    few = rng.choice([0.0, 100.0], size=12)
+    many = rng.choice([0.0, 100.0], size=400)
+    lo, hi = bootstrap_interval(few)
+    assert lo <= few.mean() <= hi and hi - lo > 20  # 12 coin flips: wide
+    lo2, hi2 = bootstrap_interval(many)
+    assert lo2 <= many.mean() <= hi2 and hi2 - lo2 < (hi - lo) / 3  # ~sqrt(400/12) narrower
+    assert bootstrap_interval([50.0]) == (50.0, 50.0)
+    assert bootstrap_interval(few) == (lo, hi)  # seeded
