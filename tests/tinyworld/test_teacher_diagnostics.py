@@ -115,3 +115,12 @@ def test_frame_probe_reads_each_token_at_its_frame(td: ModuleType) -> None:
     assert abs(row["r2"]["patch_embedding"]) < 0.1, row
     with pytest.raises(ValueError, match="at least 2 clips"):
         td.frame_probe(model, te, x0[:1], prompts[:1], [0.5], eps[:1])
+
+
+def test_ideal_word_gain_sees_what_the_data_makes_each_word_worth(td: ModuleType) -> None:
+    g = td.ideal_word_gain(1000)
+    assert g["error_bg_color_direction"] > 0
+    # Colour changes every object pixel; direction moves where the object is on average (start
+    # positions depend on it). (Shape, over 180 groups, needs thousands of clips: not asserted.)
+    assert g["color"] > g["direction"] > 1.0
+    assert "shape" in g
