@@ -1,0 +1,41 @@
+"""benchmarks/paired_eval_diff.py pairs videos by (prompt, seed), not by position."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("paired_eval_diff", REPO / "benchmarks" / "paired_eval_diff.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _report(rows: list[tuple[str, int, float]]) -> dict:
+    from qvgen_eval.metrics import SCORE_KEYS
+
+    vids = [{"prompt": p, "seed": s, **{k: v for k in SCORE_KEYS}} for p, s, v in rows]
+    return {"reference": "float", "models": {"float": {"per_video": vids}}}
+
+
+def test_pairs_by_prompt_and_seed(tmp_path: Path, capsys) -> None:
+    mod = _load()
+    a = _report([("x", 0, 10.0), ("y", 0, 50.0), ("x", 1, 30.0)])
+    b = _report([("x", 1, 31.0), ("x", 0, 11.0), ("y", 0, 51.0)])  # same videos, other order, +1 each
+    ra, rb = mod.paired_rows(a, b, None)
+    assert [(r["prompt"], r["seed"]) for r in ra] == [(r["prompt"], r["seed"]) for r in rb]
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    assert mod.main([str(pa), str(pb)]) == 0
+    out = capsys.readouterr().out
+    assert "prompt_adherence           +1.0 [+1.0, +1.0]  (resolved)" in out
+    pb.write_text(json.dumps(_report([("z", 5, 1.0)])))
+    assert mod.main([str(pa), str(pb)]) == 2
