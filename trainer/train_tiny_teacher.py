@@ -121,60 +121,55 @@ RESUME_DEFAULTS = {"positions": False}
 
 
 def state_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".state.safetensors")
+    """The run folder beside ``out`` whose ``states/`` hold the resumable training states."""
+    return out.with_name(out.stem + ".run")
+
+
+def _trained(model: torch.nn.Module, ema: torch.nn.Module) -> torch.nn.Module:
+    # One module over both, so the QAT trainer's state format (trainer.qat.state: hashed
+    # safetensors + JSON, written atomically, parameters and AdamW moments by name) holds them.
+    return torch.nn.ModuleDict({"model": model, "ema": ema})
 
 
 def save_state(
-    path: Path, step: int, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
+    run_dir: Path, step: int, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
     gens: dict[str, torch.Generator], loss_avg: float | None, args: dict, elapsed: float,
 ) -> None:  # fmt: skip
-    """Everything a resumed run needs, as safetensors + JSON metadata, written atomically."""
-    from safetensors.torch import save_file
+    """Everything a resumed run needs, in the QAT trainer's state format (the newest 2 kept)."""
+    from trainer.qat.state import save_state as save_qat_state
 
-    t: dict[str, torch.Tensor] = {}
-    t.update({"model." + k: v.detach().contiguous() for k, v in model.state_dict().items()})
-    t.update({"ema." + k: v.detach().contiguous() for k, v in ema.state_dict().items()})
-    for i, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            t[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().contiguous()
-    for name, g in gens.items():
-        t["gen." + name] = g.get_state()
-    meta = {"step": str(step), "loss_avg": json.dumps(loss_avg), "args": json.dumps(args), "elapsed": str(elapsed)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(t, str(tmp), metadata=meta)
-    tmp.replace(path)
+    info = {
+        "config": args,
+        "generators": {name: g.get_state().tolist() for name, g in gens.items()},
+        "loss_avg": loss_avg,
+        "elapsed": elapsed,
+    }
+    save_qat_state(run_dir, step, _trained(model, ema), opt, info, keep=2)
 
 
 def load_state(
-    path: Path, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
+    run_dir: Path, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
     gens: dict[str, torch.Generator], args: dict,
-) -> tuple[int, float | None, float]:  # fmt: skip
-    """Restore :func:`save_state`'s file; returns ``(step, loss_avg, elapsed)``. Raises
-    ``ValueError`` naming the first argument that differs from the run that wrote it."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+) -> tuple[int, float | None, float] | None:  # fmt: skip
+    """Restore the newest state of ``run_dir`` (None: there is none); returns ``(step, loss_avg,
+    elapsed)``. Raises ``ValueError`` naming the first argument that differs from the run that
+    wrote it, or what is wrong with the state."""
+    from trainer.qat.state import latest_state, read_state
+    from trainer.qat.state import load_state as load_qat_state
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    saved = json.loads(meta["args"])
+    path = latest_state(run_dir)
+    if path is None:
+        return None
+    meta, tensors = read_state(path)
+    saved = meta.get("config", {})
     for k in RESUME_KEYS:
         # A key the writing run did not know had its flag's default then (e.g. positions: off).
         if saved.get(k, RESUME_DEFAULTS.get(k)) != args.get(k):
             raise ValueError(f"{path}: written by a run with --{k.replace('_', '-')} {saved.get(k)}, not {args.get(k)}")
-    t = load_file(str(path))
-    model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
-    ema.load_state_dict({k[4:]: v for k, v in t.items() if k.startswith("ema.")})
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in t.items():
-        if k.startswith("opt."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    sd["state"] = state
-    opt.load_state_dict(sd)
+    load_qat_state(_trained(model, ema), opt, meta, tensors)
     for name, g in gens.items():
-        g.set_state(t["gen." + name])
-    return int(meta["step"]), json.loads(meta["loss_avg"]), float(meta["elapsed"])
+        g.set_state(torch.tensor(meta["generators"][name], dtype=torch.uint8))
+    return int(meta["next_step"]), meta.get("loss_avg"), float(meta.get("elapsed", 0.0))
 
 
 def widened_state(init: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -240,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     ap.add_argument(
         "--resume", action="store_true",
-        help="continue from OUT's .state.safetensors (written every --save-every steps) if it exists",
+        help="continue from the newest state in OUT's .run folder (written every --save-every steps) if any",
     )  # fmt: skip
     ap.add_argument("--save-every", type=int, default=200, help="write the EMA weights every N steps")
     ap.add_argument("--preview-every", type=int, default=0, help="write a preview contact sheet every N steps (0: end)")
@@ -299,14 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     gens = {"noise": gen, "dropout": drop_gen}
     run_args = {k: getattr(args, k) for k in RESUME_KEYS}
     spath = state_path(out)
-    if args.resume and spath.is_file():
+    if args.resume:
         try:
-            first_step, loss_avg, elapsed = load_state(spath, model, ema, opt, gens, run_args)
-        except ValueError as e:
+            resumed = load_state(spath, model, ema, opt, gens, run_args)
+        except ValueError as e:  # StateError is one
             print(f"error: {e}", file=sys.stderr)
             return 2
-        t_start -= elapsed
-        print(f"resumed from {spath} at step {first_step}")
+        if resumed is not None:
+            first_step, loss_avg, elapsed = resumed
+            t_start -= elapsed
+            print(f"resumed from {spath} at step {first_step}")
     # A resumed run appends to the log; lines past the state's step (written after the last
     # save) are dropped by the reader, since the same steps are logged again.
     log = log_path.open("a" if first_step else "w")

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from qvgen_tinyworld.dataset import TinyVideoDataset
+from trainer.qat.state import latest_state, read_state
 from trainer.train_tiny_teacher import flow_matching_batch, main, object_weighted_mse, state_path
 
 ARGS = ["--steps", "4", "--batch-size", "1", "--save-every", "2", "--seed", "5", "--object-weight", "3"]
@@ -27,15 +28,15 @@ def test_resume_equals_an_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.
     straight, halves = tmp_path / "a" / "t.safetensors", tmp_path / "b" / "t.safetensors"
     assert _run(straight) == 0
     assert _run(halves, "--stop-after", "2") == 0
-    mid = load_file(str(state_path(halves)))
+    mid = read_state(latest_state(state_path(halves)))[1]
     assert _run(halves, "--resume") == 0
     a, b = load_file(str(straight)), load_file(str(halves))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # The resumed half really trained: its weights moved from the state it started from.
-    moved = load_file(str(state_path(halves)))
-    assert any(not torch.equal(mid[k], moved[k]) for k in mid if k.startswith("model."))
+    moved = read_state(latest_state(state_path(halves)))[1]
+    assert any(not torch.equal(mid[k], moved[k]) for k in mid if k.startswith("model/model."))
 
 
 def test_resume_refuses_a_different_schedule(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
