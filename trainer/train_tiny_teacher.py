@@ -113,11 +113,22 @@ def object_weighted_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
 # the data order and the objective. (--threads, --compile, --save-every may change.)
 RESUME_KEYS = (
     "steps", "seed", "batch_size", "lr", "warmup", "ema", "timestep_sampling",
-    "caption_dropout", "object_weight", "layout_frac", "init", "positions",
+    "caption_dropout", "object_weight", "layout_frac", "layout_range", "init", "positions",
 )  # fmt: skip
 
 
-RESUME_DEFAULTS = {"positions": False}
+RESUME_DEFAULTS = {"positions": False, "layout_range": [0.7, 0.98]}
+
+
+def _sigma_range(text: str) -> list[float]:
+    """``"LO,HI"`` with 0 < LO <= HI <= 1 (a list, so that it compares equal after a JSON round trip)."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    if not 0.0 < lo <= hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 0 < LO <= HI <= 1, got {text!r}")
+    return [lo, hi]
 
 
 def state_path(out: Path) -> Path:
@@ -226,7 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     ap.add_argument(
         "--layout-frac", type=float, default=0.0,
-        help="share of samples with sigma uniform in [0.7, 0.98], where shape and motion are decided",
+        help="share of samples with sigma uniform in --layout-range, where shape and motion are decided",
+    )  # fmt: skip
+    ap.add_argument(
+        "--layout-range", type=_sigma_range, default=[0.7, 0.98], metavar="LO,HI",
+        help="the noise levels of the --layout-frac samples (default 0.7,0.98)",
     )  # fmt: skip
     ap.add_argument(
         "--positions", action="store_true",
@@ -319,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             "objective": "flow_matching_velocity"
             + (f", object pixels weighted 1 + {args.object_weight}" if args.object_weight else ""),
             "layout_frac": args.layout_frac,
+            "layout_range": args.layout_range,
             "timestep_sampling": args.timestep_sampling + " sigma on the 1000-point grid",
             "final_loss_ema": loss_avg,
             "wall_seconds": round(time.time() - t_start, 1),
@@ -335,7 +351,9 @@ def main(argv: list[str] | None = None) -> int:
         drop = torch.rand(len(prompts), generator=drop_gen) < args.caption_dropout
         prompts = ["" if d else p for p, d in zip(prompts, drop.tolist())]
         cond = te.encode(prompts)
-        xt, t, target = flow_matching_batch(x0, gen, args.timestep_sampling, layout_frac=args.layout_frac)
+        xt, t, target = flow_matching_batch(
+            x0, gen, args.timestep_sampling, layout_frac=args.layout_frac, layout_range=tuple(args.layout_range)
+        )
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         pred = model(with_condition(xt, condition), t, cond, return_dict=False)[0]

@@ -45,6 +45,16 @@ def test_resume_refuses_a_different_schedule(tmp_path: Path, monkeypatch: pytest
     assert _run(out, "--stop-after", "2") == 0
     assert main(["--out", str(out), *ARGS, "--lr", "3e-4", "--resume"]) == 2
     assert "--lr" in capsys.readouterr().err
+    # The layout range shapes the objective too; a state from before the flag had the default.
+    assert main(["--out", str(out), *ARGS, "--layout-range", "0.8,0.95", "--resume"]) == 2
+    assert "layout" in capsys.readouterr().err
+
+
+def test_layout_range_flag_is_checked(capsys) -> None:
+    for bad in ("0.9", "0.9,0.8", "0,0.5", "a,b"):
+        with pytest.raises(SystemExit):
+            main(["--out", "unused.safetensors", "--layout-range", bad])
+        assert "--layout-range" in capsys.readouterr().err
 
 
 def test_object_weighted_mse() -> None:
@@ -71,6 +81,8 @@ def test_layout_fraction_draws_sigma_in_the_layout_range() -> None:
     _, t0, _ = flow_matching_batch(x0, torch.Generator().manual_seed(0), "shift3")
     base = ((t0 >= 700) & (t0 <= 980)).float().mean()
     assert abs(float(inside) - (0.5 + 0.5 * float(base))) < 0.04
+    _, t, _ = flow_matching_batch(x0, torch.Generator().manual_seed(0), "shift3", 1000, 1.0, (0.85, 0.95))
+    assert float(t.min()) >= 850 and float(t.max()) <= 950 and float(t.max() - t.min()) > 90
 
 
 def test_masks_mark_the_object_pixels() -> None:
