@@ -28,7 +28,9 @@ Design (issue 15):
   ``W - Qw(W)`` has a steep spectrum like real DiT layers (docs/qat-trainer.md); the reference
   trajectory, PTQ and every student use that teacher.
 - Optional secondary: ``--videos`` samples every model and adds PSNR/SSIM vs the float videos
-  (the harness's ``compare_models``; slow).
+  (the harness's ``compare_models``; slow), with each method's paired PSNR difference to the best
+  baseline. Given an ``--out`` whose runs finished without it, it first fills in the finished
+  runs from their saved checkpoints, so the secondary metric needs no retraining.
 
 Each (scheme, seed, method) result is appended to ``<out>/part-<scheme>/runs.jsonl`` as soon as
 it is evaluated, so an interrupted run still yields a (partial) table with ``--merge-only``. The
@@ -107,6 +109,47 @@ def teacher_identity(path: str | None) -> dict:
     }
 
 
+def run_dir_of(out: Path, seed: int, spec: str) -> Path:
+    """Where one (seed, method) run of a scheme's part folder trains and saves its checkpoint."""
+    return out / "runs" / f"seed{seed}" / spec.replace(":", "_")
+
+
+def add_videos(
+    out: Path, reference: Any, info: dict, text_encode: Any, shape: tuple, es: Any, make_ptq: Any, progress: bool
+) -> int:
+    """``--videos`` over a part folder whose runs finished without it: PSNR/SSIM against the float
+    videos for every row of ``runs.jsonl`` that lacks them, from the checkpoint that row was
+    evaluated on (PTQ is re-quantized: it is deterministic). One sampling pass over all of them
+    (the float videos once); ``runs.jsonl`` is rewritten atomically. Returns the rows filled."""
+    from qvgen_export.checkpoint import load_quantized_model
+    from qvgen_export.utils.atomic import atomic_file
+    from qvgen_tinyworld.teacher import teacher_denoiser
+
+    log = out / "runs.jsonl"
+    rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    todo = [r for r in rows if "psnr" not in r]
+    if not todo:
+        return 0
+    models: dict[str, Any] = {"float": reference}
+    for r in todo:
+        if r["method"] == "ptq":
+            model = make_ptq()
+        else:
+            ckpt = run_dir_of(out, r["seed"], r["method"]) / "model.safetensors"
+            if not ckpt.is_file():
+                raise FileNotFoundError(f"{ckpt}: the checkpoint of {r['method']} seed {r['seed']} is gone")
+            model = load_quantized_model(ckpt)[0]
+        models[f"{r['method']}@{r['seed']}"] = teacher_denoiser(model, info)
+    rep = compare_models(models, text_encode, shape, es, progress=progress, keep_videos=False)
+    for r in todo:
+        fid = rep["models"][f"{r['method']}@{r['seed']}"]["fidelity"]
+        r["psnr"], r["ssim"] = fid["psnr"], fid["ssim"]
+    with atomic_file(log, "runs.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"[{out.name}] videos added to {len(todo)} finished runs", flush=True)
+    return len(todo)
+
+
 def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
     """Train and evaluate every (seed, method) of one scheme, seed-major, appending to runs.jsonl."""
     from qvgen_export.checkpoint import load_quantized_model
@@ -144,9 +187,14 @@ def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
             f.write(json.dumps(rec) + "\n")
         print(f"[{scheme}] {rec['method']} seed {rec['seed']}: guided {rec['forced']['guided']:.5f}", flush=True)
 
-    if (-1, "ptq") not in done:
+    def make_ptq() -> Any:
         calib = calibration_batches(te.encode, es, clips_per_step=2, condition=condition)
-        ptq = ptq_quantize(copy.deepcopy(teacher), QuantConfig.preset(scheme), calib, progress=False)
+        return ptq_quantize(copy.deepcopy(teacher), QuantConfig.preset(scheme), calib, progress=False)
+
+    if args.videos and done:
+        add_videos(out, teacher_denoiser(teacher, info), info, te.encode, shape, es, make_ptq, not args.quiet)
+    if (-1, "ptq") not in done:
+        ptq = make_ptq()
         record({"seed": -1, "method": "ptq"}, ptq)
         del ptq
     for seed in args.seed_list:
@@ -154,7 +202,7 @@ def run_scheme(args: argparse.Namespace, scheme: str, out: Path) -> int:
             if (seed, spec) in done:
                 continue
             method, cfg_aware = parse_method(spec)
-            run_dir = out / "runs" / f"seed{seed}" / spec.replace(":", "_")
+            run_dir = run_dir_of(out, seed, spec)
             shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume of an old one
             extra: dict[str, Any] = {}
             batch = args.batch_size
@@ -222,6 +270,8 @@ def summarize(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
                 vals = [r[k] for r in runs if k in r]
                 if vals:
                     e[k] = statistics.fmean(vals)
+                    if k in ("psnr", "ssim"):
+                        e[f"{k}_per_seed"] = vals
             entry["methods"][m] = e
         base = [m for m in BASELINES if m in entry["methods"]]
         if base:
@@ -235,6 +285,8 @@ def summarize(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
                 d = {
                     b: t_interval([by[m][s]["forced"][b] - by[best][s]["forced"][b] for s in paired]) for b in BRANCHES
                 }
+                if all("psnr" in by[x][s] for x in (m, best) for s in paired):  # the secondary metric
+                    d["psnr"] = t_interval([by[m][s]["psnr"] - by[best][s]["psnr"] for s in paired])
                 entry["methods"][m]["vs_best_baseline"] = {"seeds": paired, **d}
         # Every pair too (JSON only), e.g. QVGen against each baseline, not only the best one.
         entry["pairwise"] = {
@@ -261,6 +313,9 @@ def summarize(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
 def markdown(table: dict[str, Any]) -> str:
     head = ["scheme", "method", "n", "guided err", "cond err", "uncond err", "guided - best baseline (95% t)"]
     head += ["resolved", "step s"]
+    videos = any("psnr" in e for entry in table.values() for e in entry["methods"].values())
+    if videos:
+        head += ["PSNR dB", "SSIM", "PSNR - best baseline (95% t)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for scheme, entry in table.items():
         for m, e in entry["methods"].items():
@@ -276,6 +331,11 @@ def markdown(table: dict[str, Any]) -> str:
                 hw = "n/a" if d["half_width"] is None else f"{d['half_width']:.4f}"
                 cells += [f"{d['mean']:+.4f} +- {hw}", {True: "yes", False: "no", None: "-"}[d["resolved"]]]
             cells.append(f"{e['step_time_s']:.2f}" if "step_time_s" in e else "-")
+            if videos:
+                cells += [f"{e['psnr']:.2f}" if "psnr" in e else "-", f"{e['ssim']:.4f}" if "ssim" in e else "-"]
+                p = e.get("vs_best_baseline", {}).get("psnr")
+                hw = "n/a" if p is None or p["half_width"] is None else f"{p['half_width']:.2f}"
+                cells.append("-" if p is None else f"{p['mean']:+.2f} +- {hw}")
             lines.append("| " + " | ".join(cells) + " |")
     cmp = [(sc, m, e.get("vs_plain_objective")) for sc, en in table.items() for m, e in en["methods"].items()]
     cmp = [c for c in cmp if c[2]]
