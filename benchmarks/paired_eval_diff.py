@@ -6,7 +6,10 @@ Each video of B is paired with the video of A with the same prompt and seed (sam
 the per-video differences B - A of every score are bootstrapped over videos (95% percentile
 interval, seeded). Pairing removes the prompt-to-prompt and seed-to-seed spread that makes two
 unpaired intervals overlap. ``--model NAME`` picks the model inside each report (default: the
-reference, i.e. the float teacher).
+reference, i.e. the float teacher); ``--model-b NAME`` another one in B, e.g. a quantized model
+against the float teacher of the same report:
+
+    python benchmarks/paired_eval_diff.py R/report.json R/report.json --model-b w4a4-ptq
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ sys.path.insert(0, str(REPO))
 from qvgen_eval.metrics import SCORE_KEYS, bootstrap_interval
 
 
-def paired_rows(a: dict, b: dict, model: str | None) -> tuple[list[dict], list[dict]]:
+def paired_rows(a: dict, b: dict, model: str | None, model_b: str | None = None) -> tuple[list[dict], list[dict]]:
     ra = a["models"][model or a["reference"]]["per_video"]
-    rb = b["models"][model or b["reference"]]["per_video"]
+    rb = b["models"][model_b or model or b["reference"]]["per_video"]
     key = {(r["prompt"], r["seed"]): r for r in ra}
     pairs = [(key[(r["prompt"], r["seed"])], r) for r in rb if (r["prompt"], r["seed"]) in key]
     if not pairs:
@@ -37,10 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("a", help="report.json of the baseline")
     ap.add_argument("b", help="report.json of the candidate")
     ap.add_argument("--model", default=None, help="model name inside both reports (default: each reference)")
+    ap.add_argument("--model-b", default=None, help="model name inside B (default: --model)")
     args = ap.parse_args(argv)
     try:
         a, b = (json.loads(Path(p).read_text()) for p in (args.a, args.b))
-        ra, rb = paired_rows(a, b, args.model)
+        ra, rb = paired_rows(a, b, args.model, args.model_b)
     except (OSError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -39,3 +39,15 @@ def test_pairs_by_prompt_and_seed(tmp_path: Path, capsys) -> None:
     assert "prompt_adherence           +1.0 [+1.0, +1.0]  (resolved)" in out
     pb.write_text(json.dumps(_report([("z", 5, 1.0)])))
     assert mod.main([str(pa), str(pb)]) == 2
+
+
+def test_two_models_of_one_report(tmp_path: Path, capsys) -> None:
+    mod = _load()
+    r = _report([("x", 0, 10.0), ("y", 0, 50.0)])
+    r["models"]["w4a4"] = {"per_video": [{**v, "prompt_adherence": v["prompt_adherence"] - 3.0} for v in
+                                         reversed(r["models"]["float"]["per_video"])]}  # fmt: skip
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(r))
+    assert mod.main([str(p), str(p), "--model-b", "w4a4"]) == 0
+    assert "prompt_adherence           -3.0 [-3.0, -3.0]  (resolved)" in capsys.readouterr().out
+    assert mod.main([str(p), str(p), "--model-b", "w9a9"]) == 2
