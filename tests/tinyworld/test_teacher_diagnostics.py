@@ -124,3 +124,37 @@ def test_ideal_word_gain_sees_what_the_data_makes_each_word_worth(td: ModuleType
     # positions depend on it). (Shape, over 180 groups, needs thousands of clips: not asserted.)
     assert g["color"] > g["direction"] > 1.0
     assert "shape" in g
+
+
+class _PositionCopy(torch.nn.Module):
+    """Latents plus ``k`` times the position channels: a denoiser that uses where a pixel is (k != 0)."""
+
+    def __init__(self, k: float) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, return_dict: bool = False) -> tuple:
+        return (x[:, :3] + self.k * x[:, 3:6],)
+
+
+def test_position_use_loses_when_the_channels_lie_only_if_they_are_used(td: ModuleType, capsys) -> None:
+    from qvgen_tinyworld.teacher import position_channels
+
+    g = torch.Generator().manual_seed(0)
+    pos = position_channels(8, 32, 32)[None]
+    x0 = -0.5 * pos + 0.05 * torch.randn(2, 3, 8, 32, 32, generator=g)  # the clean video is where you are
+    eps = torch.randn(x0.shape, generator=g)
+    ctx = torch.zeros(2, 4, 8)
+    (used,) = td.position_use(_PositionCopy(0.5), ctx, x0, eps, [1.0])
+    for lie in ("columns_mirrored", "frames_reversed", "zeroed"):
+        assert used[lie]["pct"] > 100.0 and used[lie]["se_pct"] < used[lie]["pct"], (
+            lie,
+            used,
+        )  # each lie costs more than the whole true loss
+    assert used["output_change"] > 0.1
+    (ignored,) = td.position_use(_PositionCopy(0.0), ctx, x0, eps, [1.0])
+    assert all(ignored[k]["pct"] == 0.0 for k in ("columns_mirrored", "frames_reversed", "zeroed"))
+    assert ignored["output_change"] == 0.0
+    # The embedded asset has no position channels: one line, exit 2, before any work.
+    assert td.main(["--skip-adherence", "--position-use", "--clips", "2"]) == 2
+    assert "--position-use needs a positions teacher" in capsys.readouterr().err
