@@ -119,7 +119,7 @@ def test_cfg_aware_run_and_efficientdm_lora_lr(make_config, tmp_path) -> None:
     assert len(lora) == len(layers)
     for g in lora:
         layer = layers[g["name"][len("lora:") :]]
-        assert g["base_lr"] == pytest.approx(1e-3 * float(layer.w_scale.mean()))
+        assert g["base_lr"] == pytest.approx(1e-3 * float(layer.w_scale.detach().mean()))
         assert {id(p) for p in g["params"]} == {
             id(layer.parametrizations.weight[0].A),
             id(layer.parametrizations.weight[0].B),
