@@ -3,24 +3,13 @@ and every test it names exists (the script itself runs outside the suite: ~8 min
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _mutations():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("mutation_check", REPO / "scripts" / "mutation_check.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod.MUTATIONS
-
-
-def test_every_mutation_still_applies() -> None:
-    for m in _mutations():
+def test_every_mutation_still_applies(repo_script) -> None:
+    for m in repo_script("scripts/mutation_check.py").MUTATIONS:
         assert (REPO / m.file).read_text().count(m.old) == 1, (m.name, m.file)
         assert m.old != m.new, m.name
         for t in m.tests:

@@ -5,9 +5,7 @@ difference to the best baseline in the table."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,24 +18,15 @@ from qvgen_export.quant.config import QuantConfig
 from qvgen_export.quant.ptq import ptq_quantize
 from qvgen_tinyworld.text_encoder import TextEncoderConfig, TinyTextEncoder
 
-REPO = Path(__file__).resolve().parents[2]
 SHAPE = (3, 8, 32, 32)
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_qat", REPO / "benchmarks" / "bench_qat.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _row(seed: int, method: str, guided: float) -> dict:
     return {"seed": seed, "method": method, "scheme": "w4a4", "forced": {"guided": guided, "cond": 0.1, "uncond": 0.1}}
 
 
-def test_videos_fill_in_finished_runs(tmp_path: Path) -> None:
-    bench = _bench()
+def test_videos_fill_in_finished_runs(tmp_path: Path, repo_script) -> None:
+    bench = repo_script("benchmarks/bench_qat.py")
     torch.set_num_threads(1)
     teacher = build_wan(TINY_WAN_CONFIG, seed=0).eval()
     te = TinyTextEncoder(TextEncoderConfig(dim=TINY_WAN_CONFIG["text_dim"]))
@@ -71,8 +60,8 @@ def test_videos_fill_in_finished_runs(tmp_path: Path) -> None:
     assert (tmp_path / "runs.jsonl").read_text().startswith(before)
 
 
-def test_table_pairs_the_psnr_difference_by_seed() -> None:
-    bench = _bench()
+def test_table_pairs_the_psnr_difference_by_seed(repo_script) -> None:
+    bench = repo_script("benchmarks/bench_qat.py")
     rows = []
     for seed, (a, b) in enumerate([(20.0, 19.0), (21.0, 19.5), (22.0, 21.5)]):
         rows.append({**_row(seed, "qvgen", 0.30), "psnr": a, "ssim": 0.8})

@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("paired_eval_diff", REPO / "benchmarks" / "paired_eval_diff.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _report(rows: list[tuple[str, int, float]]) -> dict:
@@ -25,8 +13,8 @@ def _report(rows: list[tuple[str, int, float]]) -> dict:
     return {"reference": "float", "models": {"float": {"per_video": vids}}}
 
 
-def test_pairs_by_prompt_and_seed(tmp_path: Path, capsys) -> None:
-    mod = _load()
+def test_pairs_by_prompt_and_seed(tmp_path: Path, capsys, repo_script) -> None:
+    mod = repo_script("benchmarks/paired_eval_diff.py")
     a = _report([("x", 0, 10.0), ("y", 0, 50.0), ("x", 1, 30.0)])
     b = _report([("x", 1, 31.0), ("x", 0, 11.0), ("y", 0, 51.0)])  # same videos, other order, +1 each
     ra, rb = mod.paired_rows(a, b, None)
@@ -41,8 +29,8 @@ def test_pairs_by_prompt_and_seed(tmp_path: Path, capsys) -> None:
     assert mod.main([str(pa), str(pb)]) == 2
 
 
-def test_two_models_of_one_report(tmp_path: Path, capsys) -> None:
-    mod = _load()
+def test_two_models_of_one_report(tmp_path: Path, capsys, repo_script) -> None:
+    mod = repo_script("benchmarks/paired_eval_diff.py")
     r = _report([("x", 0, 10.0), ("y", 0, 50.0)])
     r["models"]["w4a4"] = {"per_video": [{**v, "prompt_adherence": v["prompt_adherence"] - 3.0} for v in
                                          reversed(r["models"]["float"]["per_video"])]}  # fmt: skip

@@ -3,9 +3,6 @@ the loss-gain arithmetic, and a frame-index probe that reads the right tokens.""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -16,17 +13,10 @@ from qvgen_tinyworld.dataset import ClipSpec, ObjectTrack, TinyVideoDataset
 from qvgen_tinyworld.teacher import ASSET_PATH, load_teacher
 from qvgen_tinyworld.text_encoder import TinyTextEncoder
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def td() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("teacher_diagnostics", REPO / "benchmarks" / "teacher_diagnostics.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+def td(repo_script) -> ModuleType:
+    return repo_script("benchmarks/teacher_diagnostics.py")
 
 
 def _two_objects() -> ClipSpec:
