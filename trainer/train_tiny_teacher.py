@@ -74,13 +74,17 @@ def sample_sigma(
     return k.float() / num_train_timesteps
 
 
+# Where a clip's shapes and motion are decided: the default noise levels of --layout-frac samples.
+LAYOUT_RANGE = (0.7, 0.98)
+
+
 def flow_matching_batch(
     x0: torch.Tensor,
     gen: torch.Generator,
     kind: str = "logit_normal",
     num_train_timesteps: int = 1000,
     layout_frac: float = 0.0,
-    layout_range: tuple[float, float] = (0.7, 0.98),
+    layout_range: tuple[float, float] = LAYOUT_RANGE,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_sigma, t, target)`` for clean videos ``x0 [B, C, F, H, W]``.
 
@@ -117,7 +121,7 @@ RESUME_KEYS = (
 )  # fmt: skip
 
 
-RESUME_DEFAULTS = {"positions": False, "layout_range": [0.7, 0.98]}
+RESUME_DEFAULTS = {"positions": False, "layout_range": list(LAYOUT_RANGE)}
 
 
 def _sigma_range(text: str) -> list[float]:
@@ -240,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         help="share of samples with sigma uniform in --layout-range, where shape and motion are decided",
     )  # fmt: skip
     ap.add_argument(
-        "--layout-range", type=_sigma_range, default=[0.7, 0.98], metavar="LO,HI",
-        help="the noise levels of the --layout-frac samples (default 0.7,0.98)",
+        "--layout-range", type=_sigma_range, default=list(LAYOUT_RANGE), metavar="LO,HI",
+        help=f"the noise levels of the --layout-frac samples (default {LAYOUT_RANGE[0]},{LAYOUT_RANGE[1]})",
     )  # fmt: skip
     ap.add_argument(
         "--positions", action="store_true",
